@@ -1,0 +1,413 @@
+"""The inference engine: one object that loads a GST model and runs its four tasks on images.
+
+    engine = GSTEngine(EngineConfig(model_dir="models/gst_small"))
+    est = engine.estimate_pose(observation, target, K_obs=K, K_target=K, samples=4)
+    view = engine.predict_view(observation, w2c_target, K_obs=K)
+    views = engine.propose_views(observation, n=4, K_obs=K)
+    view = engine.unconditional_view(observation, K_obs=K)
+
+A GST model directory holds three model directories (gst_ros.models.io format):
+
+    <model_dir>/image_tokenizer/   image VQ (kind image_tokenizer)
+    <model_dir>/camera_tokenizer/  camera VQ on Plücker maps (kind camera_tokenizer)
+    <model_dir>/gst/               the transformer (kind gst)
+    <model_dir>/model_card.md      optional
+
+Conventions (those of gst_ros.geometry):
+- Images: (H, W, 3) uint8 RGB numpy arrays of any size. Each is centre-cropped to a square and
+  resized to `image_size` (gst_ros.preprocess.center_crop_resize), its K adjusted the same way.
+- K: (3, 3) pixel intrinsics of the image AS GIVEN (OpenCV / ROS CameraInfo: pixel (u, v) =
+  (column, row), top-left pixel centre at (0, 0)). When K is None, `EngineConfig.default_fov_deg`
+  is taken as the field of view across the image's SHORTER side (the side the square crop
+  keeps; for GST's square 49.1 deg renders that is their FOV), principal point at the centre.
+- Poses: 4x4 world-to-camera matrices (X_cam = R X_world + t), OpenCV optical axes (x right,
+  y down, z forward), where "world" is the OBSERVATION camera's optical frame: the observation
+  camera is the identity. Translations are in the model's normalised scene scale (unit scale,
+  see PoseEstimate); a robot must scale them itself.
+
+Rays: the camera tokens of a camera are the camera tokenizer's codes of its Plücker map
+(gst_ros.geometry.plucker_map, order PLUCKER_ORDER) at the camera tokenizer's map resolution,
+built from K scaled from the model image size to the map size. Sampled camera tokens are
+decoded to a Plücker map and turned back into a camera by gst_ros.geometry.cameras_from_plucker.
+
+Randomness: every task draws from a torch.Generator. With `seed=None` a call uses the engine's
+own generator (seeded once from EngineConfig.seed at construction), so a fresh engine replays the
+same sequence of calls exactly and successive calls give fresh samples; an explicit `seed`
+makes that one call reproducible on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gst_ros.engine import generation
+from gst_ros.engine.generation import SamplingConfig
+from gst_ros.engine.onnx_tokenizer import BACKENDS, load_tokenizer
+from gst_ros.geometry import (
+    check_intrinsics,
+    check_pose,
+    intrinsics_from_fov,
+    invert_pose,
+    rotation_mean,
+    so3_log,
+)
+from gst_ros.geometry.errors import as_array
+from gst_ros.models.io import ModelFormatError, config_from_dict, load_model_dir, load_state_dict_strict
+from gst_ros.models.sequence import TASK_EST, build_prefix
+from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
+from gst_ros.models.transformer import GST, GSTConfig
+from gst_ros.preprocess import center_crop_resize, from_model_tensor
+
+MODEL_NAME = "gst_small"
+SUBDIRS = ("image_tokenizer", "camera_tokenizer", "gst")
+MAX_IMAGE_SIDE = 16384  # larger images are rejected (a corrupt size, not a camera)
+
+# Covariance floor (variances added to the sample covariance, so it is never singular):
+POSITION_VAR_FLOOR = 1e-4                  # (unit scale)^2: 1 cm at a 1 m scene scale
+ROTATION_VAR_FLOOR = math.radians(0.5) ** 2  # rad^2: half a degree
+# Confidence = exp(-rotation_spread / CONF_ROT_DEG) * exp(-position_spread / CONF_POS)
+CONF_ROT_DEG = 10.0
+CONF_POS = 0.2
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The GST model directory (or one of its three parts) does not exist."""
+
+
+def default_model_dir() -> Path:
+    """Directory of the shipped small model: `<repo>/models/gst_small` in a source tree, else
+    `<prefix>/share/gst_ros/models/gst_small` of an install (AMENT_PREFIX_PATH prefixes, the
+    prefix above this package, sys.prefix). Returns the source-tree path when none exists, so the
+    error message names where the model is expected."""
+    here = Path(__file__).resolve()
+    source = here.parents[2] / "models" / MODEL_NAME
+    candidates = [source]
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    # installed package: <prefix>/lib/pythonX.Y/site-packages/gst_ros/engine/engine.py
+    prefixes += [str(here.parents[5]) if len(here.parents) > 5 else "", sys.prefix]
+    for p in prefixes:
+        if p:
+            candidates.append(Path(p) / "share" / "gst_ros" / "models" / MODEL_NAME)
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return source
+
+
+def check_model_dir(model_dir) -> Path:
+    """Raise ModelNotFoundError (saying how to get a model) unless `model_dir` holds the three
+    parts of a GST model."""
+    d = Path(model_dir)
+    missing = [s for s in SUBDIRS if not (d / s).is_dir()]
+    if not d.is_dir() or missing:
+        what = "does not exist" if not d.is_dir() else f"lacks {', '.join(s + '/' for s in missing)}"
+        raise ModelNotFoundError(
+            f"GST model directory {d} {what}. A model directory holds image_tokenizer/, "
+            f"camera_tokenizer/ and gst/ (gst_ros.models.io format). Train one with "
+            f"`python -m training.pipeline --out DIR` (see docs/training.md), convert official "
+            f"checkpoints with `gst convert-checkpoint`, or point to an existing one with "
+            f"EngineConfig(model_dir=...) / `--model DIR`.")
+    return d
+
+
+@dataclass
+class PoseEstimate:
+    w2c: np.ndarray            # (4,4) float64: the TARGET camera's world-to-camera matrix, world =
+                               # the observation camera's optical frame (OpenCV axes); translation
+                               # only up to scale (unit = the model's normalised scene scale)
+    samples_w2c: np.ndarray    # (S,4,4) every sampled pose (same convention)
+    covariance: np.ndarray     # (6,6) pose covariance in the reference frame, ROS order
+                               # [x, y, z, rot_x, rot_y, rot_z] (rad, fixed-axis tangent space)
+    confidence: float          # in [0, 1], from the agreement of the samples (0 with one sample)
+    rotation_spread_deg: float # mean geodesic deviation of the samples from the mean rotation
+    latency_s: float
+
+    def camera_to_reference(self) -> np.ndarray:
+        """(4,4) = inv(w2c): the camera's pose in the reference (observation) frame, i.e. the TF
+        transform parent=reference, child=camera (X_ref = T @ X_cam)."""
+        return invert_pose(self.w2c)
+
+
+@dataclass
+class PredictedView:
+    image: np.ndarray          # (S,S,3) uint8 RGB at the model's resolution
+    K: np.ndarray              # (3,3) intrinsics of that image (pixels, OpenCV convention)
+    w2c: np.ndarray            # (4,4) the view's camera, world = observation camera frame (OpenCV axes)
+
+
+@dataclass
+class EngineConfig:
+    model_dir: str = field(default_factory=lambda: str(default_model_dir()))
+    device: str = "auto"               # "auto" = cuda when available else cpu; bf16 autocast on cuda
+    tokenizer_backend: str = "torch"   # or "onnx" (ONNX Runtime)
+    temperature: float = 1.0
+    top_k: int = 100
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    default_fov_deg: float = 49.1      # used only when no K is known
+    seed: int = 0
+
+
+def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Average sampled target cameras into one pose with a covariance.
+
+    samples_w2c: (S,4,4) world-to-camera matrices (world = reference frame, OpenCV axes).
+    In the reference frame each sample is a camera orientation R_i (camera-to-reference
+    rotation) and a centre C_i. The mean orientation is the chordal L2 mean (projected onto
+    SO(3)); the mean centre is the arithmetic mean. Per sample the deviation is
+    [C_i - C_mean, log(R_i R_mean^T)] (translation, then a rotation vector about the reference
+    frame's fixed axes: the ROS PoseWithCovariance order [x, y, z, rot_x, rot_y, rot_z]).
+
+    Returns (w2c (4,4) of the mean camera, covariance (6,6), confidence in [0,1],
+    rotation_spread_deg). The covariance is the unbiased sample covariance plus a diagonal floor
+    (POSITION_VAR_FLOOR, ROTATION_VAR_FLOOR), so it is symmetric positive definite. Confidence is
+    exp(-spread_deg / CONF_ROT_DEG) * exp(-mean centre deviation / CONF_POS); one sample gives
+    confidence 0 (its agreement cannot be measured)."""
+    w2c = as_array(samples_w2c, "samples_w2c", (None, 4, 4))
+    if len(w2c) == 0:
+        raise ValueError("aggregate_pose_samples: no samples")
+    check_pose(w2c, "samples_w2c")
+    c2w = invert_pose(w2c)
+    R = c2w[:, :3, :3]
+    C = c2w[:, :3, 3]
+    spread = rotation_mean(R, frame="parent")  # chordal L2 mean, deviations about the reference axes
+    R_mean, C_mean = spread.mean, C.mean(axis=0)
+    rot_dev = so3_log(torch.from_numpy(R @ R_mean.T)).numpy()  # R_i = Exp(w_i) R_mean
+    dev = np.concatenate([C - C_mean, rot_dev], axis=1)  # (S, 6)
+    s = len(dev)
+    cov = dev.T @ dev / (s - 1) if s > 1 else np.zeros((6, 6))
+    cov = 0.5 * (cov + cov.T) + np.diag([POSITION_VAR_FLOOR] * 3 + [ROTATION_VAR_FLOOR] * 3)
+    spread_deg = spread.mean_deviation_deg
+    pos_spread = float(np.linalg.norm(C - C_mean, axis=1).mean())
+    confidence = 0.0 if s == 1 else math.exp(-spread_deg / CONF_ROT_DEG) * math.exp(-pos_spread / CONF_POS)
+    mean_c2w = np.eye(4)
+    mean_c2w[:3, :3], mean_c2w[:3, 3] = R_mean, C_mean
+    return invert_pose(mean_c2w), cov, float(confidence), spread_deg
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"EngineConfig.device: not a torch device: {name!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"EngineConfig.device={name!r} but CUDA is not available (use 'auto' or 'cpu')")
+    return dev
+
+
+def _check_config(cfg: EngineConfig) -> None:
+    if cfg.tokenizer_backend not in BACKENDS:
+        raise ValueError(f"EngineConfig.tokenizer_backend must be one of {BACKENDS}, "
+                         f"got {cfg.tokenizer_backend!r}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ValueError(f"EngineConfig.temperature must be >= 0, got {cfg.temperature}")
+    if int(cfg.top_k) != cfg.top_k or cfg.top_k < 0:
+        raise ValueError(f"EngineConfig.top_k must be an integer >= 0 (0 = off), got {cfg.top_k}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise ValueError(f"EngineConfig.top_p must lie in (0, 1], got {cfg.top_p}")
+    if not (math.isfinite(cfg.cfg_scale) and cfg.cfg_scale > 0):
+        raise ValueError(f"EngineConfig.cfg_scale must be > 0 (1 = no guidance), got {cfg.cfg_scale}")
+    if not (math.isfinite(cfg.default_fov_deg) and 0.0 < cfg.default_fov_deg < 180.0):
+        raise ValueError(f"EngineConfig.default_fov_deg must lie in (0, 180), got {cfg.default_fov_deg}")
+
+
+class GSTEngine:
+    """Loads the tokenizers and the transformer of a GST model directory and runs the four tasks
+    on images (see the module docstring for every convention). Thread-compatible: one call at a
+    time."""
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = cfg = config if config is not None else EngineConfig()
+        _check_config(cfg)
+        self.model_dir = check_model_dir(cfg.model_dir)
+        self.device = resolve_device(cfg.device)
+        backend = cfg.tokenizer_backend
+        self.image_tokenizer = load_tokenizer(self.model_dir / "image_tokenizer", backend, self.device)
+        self.camera_tokenizer = load_tokenizer(self.model_dir / "camera_tokenizer", backend, self.device)
+        if not isinstance(self.image_tokenizer, ImageTokenizer):
+            raise ModelFormatError(f"{self.model_dir / 'image_tokenizer'} does not hold an image tokenizer")
+        if not isinstance(self.camera_tokenizer, CameraTokenizer):
+            raise ModelFormatError(f"{self.model_dir / 'camera_tokenizer'} does not hold a camera tokenizer")
+        meta, state = load_model_dir(self.model_dir / "gst", "gst")
+        gcfg = config_from_dict(GSTConfig, meta["config"])
+        self.model = GST(gcfg)
+        load_state_dict_strict(self.model, state, str(self.model_dir / "gst"))
+        self.model.to(self.device).eval()
+        self._check_compatible(gcfg)
+        self.image_size: int = self.image_tokenizer.resolution
+        self.grid: int = self.image_tokenizer.grid
+        self.sampling = SamplingConfig(
+            temperature=cfg.temperature, top_k=int(cfg.top_k) or None,
+            top_p=cfg.top_p if cfg.top_p < 1.0 else None,
+            cfg_scale=cfg.cfg_scale if cfg.cfg_scale != 1.0 else None)  # s = 1 is exactly no guidance
+        self._generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed))
+
+    def _check_compatible(self, g: GSTConfig) -> None:
+        it, ct = self.image_tokenizer, self.camera_tokenizer
+        problems = []
+        if it.codebook_size != g.image_vocab:
+            problems.append(f"image tokenizer has {it.codebook_size} codes, transformer image_vocab "
+                            f"{g.image_vocab}")
+        if ct.codebook_size != g.camera_vocab:
+            problems.append(f"camera tokenizer has {ct.codebook_size} codes, transformer camera_vocab "
+                            f"{g.camera_vocab}")
+        if (it.grid, it.grid) != tuple(g.grid) or (ct.grid, ct.grid) != tuple(g.grid):
+            problems.append(f"token grids differ: image {it.grid}x{it.grid}, camera {ct.grid}x{ct.grid}, "
+                            f"transformer {g.grid[0]}x{g.grid[1]}")
+        if problems:
+            raise ModelFormatError(f"{self.model_dir}: parts do not fit together: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ inputs
+
+    def intrinsics_or_default(self, image: np.ndarray, K=None) -> np.ndarray:
+        """K (3,3) float64 of `image` as given: the validated K, or when K is None the default
+        (EngineConfig.default_fov_deg across the image's shorter side, centred principal point)."""
+        h, w = _check_image(image, "image")
+        if K is None:
+            return intrinsics_from_fov(self.config.default_fov_deg, w, h, axis="x" if w < h else "y")
+        K = as_array(K, "K", (3, 3))
+        check_intrinsics(K, "K")
+        return K
+
+    def prepare(self, image: np.ndarray, K=None, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """(image (S,S,3) uint8, K (3,3)) at the model resolution S = image_size: the centre square
+        crop of `image` resized to S, with its intrinsics (K of the image as given, or the default
+        when None) transformed the same way."""
+        try:
+            K = self.intrinsics_or_default(image, K)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        return center_crop_resize(image, K, self.image_size)
+
+    def _generator_for(self, seed) -> torch.Generator:
+        if seed is None:
+            return self._generator
+        if int(seed) != seed:
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def image_tokens(self, image_sq: np.ndarray) -> torch.Tensor:
+        """(1, n) image codes (row-major token grid) of a model-resolution image, on the model device."""
+        return self.image_tokenizer.encode(image_sq).reshape(1, -1).to(self.device)
+
+    def camera_tokens(self, K_sq, w2c) -> torch.Tensor:
+        """(B, n) raw camera codes of cameras w2c ((4,4) or (B,4,4); world = observation camera
+        frame, OpenCV axes, unit scene scale) with intrinsics K_sq of a model-resolution image."""
+        codes = self.camera_tokenizer.encode(K_sq, w2c, image_size=self.image_size)
+        return codes.reshape(codes.shape[0], -1).to(self.device)
+
+    def _cameras(self, codes: torch.Tensor, K_sq) -> np.ndarray:
+        """(B,4,4) float64 w2c from sampled camera codes (B, n): decode to Plücker maps, then
+        cameras_from_plucker with the known K_sq (model resolution), or estimate K when None."""
+        g = self.grid
+        fit = self.camera_tokenizer.decode(codes.reshape(-1, g, g).cpu(),
+                                           K=K_sq, image_size=self.image_size if K_sq is not None else None)
+        return fit.w2c.detach().cpu().numpy().astype(np.float64)
+
+    def _images(self, codes: torch.Tensor) -> np.ndarray:
+        """(B, S, S, 3) uint8 RGB from image codes (B, n)."""
+        g = self.grid
+        return from_model_tensor(self.image_tokenizer.decode(codes.reshape(-1, g, g).cpu()))
+
+    # ------------------------------------------------------------------ the four tasks
+
+    def estimate_pose(self, observation, target, K_obs=None, K_target=None, samples: int = 4,
+                      seed=None) -> PoseEstimate:
+        """Pose of the camera that took `target`, relative to the camera of `observation`.
+
+        Samples `samples` camera-token grids from p(c | target, observation) ([o, <EST>, i] -> c),
+        decodes each to a Plücker map and a camera (with K_target when known, else the
+        homography route that also estimates the focal length) and averages them
+        (aggregate_pose_samples). K_obs / K_target: intrinsics of the images as given, or None."""
+        t0 = time.perf_counter()
+        _check_count(samples, "samples")
+        obs_sq, _ = self.prepare(observation, K_obs, "observation")
+        tgt_sq, K_tgt = self.prepare(target, K_target, "target")
+        gen = self._generator_for(seed)
+        with self._autocast():
+            obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
+            codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
+                                             tgt_tok.expand(samples, -1), self.sampling, gen)
+        samples_w2c = self._cameras(codes, K_tgt if K_target is not None else None)
+        w2c, cov, conf, spread = aggregate_pose_samples(samples_w2c)
+        return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
+                            rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
+
+    def predict_view(self, observation, w2c_target, K_obs=None, K_target=None, seed=None) -> PredictedView:
+        """The view from camera `w2c_target` (world = observation camera frame, OpenCV axes, unit
+        scene scale): [o, <GEN>, c] -> i. K_target: the target camera's intrinsics for an image of
+        the SAME size as the observation (cropped and resized like it); default K_obs."""
+        w2c = as_array(w2c_target, "w2c_target", (4, 4))
+        check_pose(w2c, "w2c_target")
+        obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
+        if K_target is not None:
+            _, K_sq = self.prepare(observation, K_target, "K_target")
+        gen = self._generator_for(seed)
+        with self._autocast():
+            obs_tok = self.image_tokens(obs_sq)
+            cam_tok = self.camera_tokens(K_sq, w2c)
+            codes = generation.novel_view(self.model, obs_tok, cam_tok, self.sampling, gen)
+        return PredictedView(image=self._images(codes)[0], K=K_sq, w2c=w2c)
+
+    def propose_views(self, observation, n: int = 4, K_obs=None, seed=None) -> list[PredictedView]:
+        """n viewpoints sampled from p(c | o) ([o, <GEN>] -> c), each with its view from
+        p(i | c, o) in the same pass. Cameras are recovered with the observation's intrinsics
+        (the proposals' images have the observation's K at the model resolution)."""
+        _check_count(n, "n")
+        obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
+        gen = self._generator_for(seed)
+        with self._autocast():
+            obs_tok = self.image_tokens(obs_sq)
+            cams, imgs = generation.propose_cameras(self.model, obs_tok.expand(n, -1), self.sampling, gen,
+                                                    with_views=True)
+        w2c = self._cameras(cams, K_sq)
+        images = self._images(imgs)
+        return [PredictedView(image=images[i], K=K_sq.copy(), w2c=w2c[i]) for i in range(n)]
+
+    def unconditional_view(self, observation, K_obs=None, seed=None) -> PredictedView:
+        """A view sampled from p(i | o) ([o, <EST>] -> i) with no camera given; its camera is then
+        sampled from p(c | i, o) in the same pass (the <EST> order) and recovered with the
+        observation's intrinsics."""
+        obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
+        gen = self._generator_for(seed)
+        vocab, layout = self.model.config.vocabulary, self.model.config.layout
+        with self._autocast():
+            prefix = build_prefix(vocab, layout, self.image_tokens(obs_sq), TASK_EST)
+            ids = generation.generate_segments(self.model, prefix, ["image", "camera"], self.sampling, gen)
+        img_codes, cam_codes = ids[:, : layout.n], vocab.ids_to_camera(ids[:, layout.n:])
+        return PredictedView(image=self._images(img_codes)[0], K=K_sq, w2c=self._cameras(cam_codes, K_sq)[0])
+
+
+def _check_image(image, name: str) -> tuple[int, int]:
+    """(H, W) of a valid (H, W, 3) uint8 RGB numpy image; ValueError naming the problem otherwise."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name}: expected an (H, W, 3) uint8 RGB numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected shape (H, W, 3) RGB, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: expected dtype uint8, got {image.dtype}")
+    h, w = image.shape[:2]
+    if min(h, w) < 1 or max(h, w) > MAX_IMAGE_SIDE:
+        raise ValueError(f"{name}: image size {w}x{h} outside [1, {MAX_IMAGE_SIDE}]")
+    return h, w
+
+
+def _check_count(n, name: str) -> None:
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")

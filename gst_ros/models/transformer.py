@@ -1,0 +1,312 @@
+"""The Generative Spatial Transformer: a LlamaGen-style decoder-only GPT with GST's changes.
+
+One model over the shared vocabulary of gst_ros.models.sequence (image codes, camera codes,
+<GEN>, <EST>). Architecture (LlamaGen GPT + GST):
+- pre-norm blocks, RMSNorm (eps 1e-5, computed in fp32), fused `wqkv`, SwiGLU FFN with
+  hidden = find_multiple(int(2 * 4 * dim / 3), 256) (w1, w3, w2; no biases anywhere);
+- QK-Norm: LayerNorm(head_dim) (weight + bias, shared by all heads) on q and k, before RoPE;
+- 2D RoPE (fp32, base 10000): head_dim/2 rotated pairs, interleaved (x[2j], x[2j+1]); pairs
+  0 .. head_dim/4-1 rotate by row * f, pairs head_dim/4 .. head_dim/2-1 by col * f, with
+  f = 1 / base^(arange(0, half, 2) / half), half = head_dim/2. The observation and both segments
+  reuse the same row-major grid positions (sequence.Layout.grid_positions). The task token:
+  `task_token_rope="identity"` (default) leaves it unrotated, exactly position (0, 0);
+  `"zero"` multiplies its q and k by zero, which is what LlamaGen does to its class token
+  (its RoPE cache holds zeros for the condition tokens) - use it for checkpoints trained so;
+- dropouts: token 0.1 (element-wise on the input embeddings), residual 0.1 (after wo),
+  FFN 0.1 (after w2), attention 0;
+- init: normal(0, 0.02) for every Linear and Embedding, LayerNorm/RMSNorm ones (zeros for bias),
+  output head zero.
+State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
+plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
+
+Inference uses a preallocated KV cache (`setup_caches`, then forward with `input_pos`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gst_ros.models.sequence import Layout, Vocabulary
+
+
+def find_multiple(n: int, k: int) -> int:
+    """Smallest multiple of k that is >= n."""
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass
+class GSTConfig:
+    dim: int = 1536
+    n_layer: int = 48
+    n_head: int = 24
+    image_vocab: int = 16384
+    camera_vocab: int = 2048
+    grid: tuple[int, int] = field(default=(16, 16))  # token grid (rows, cols) of every segment
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = True
+    task_token_rope: str = "identity"  # "identity" (position (0,0)) or "zero" (LlamaGen's cls token)
+    initializer_range: float = 0.02
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    attn_dropout: float = 0.0
+
+    def __post_init__(self):
+        self.grid = tuple(int(g) for g in self.grid)
+        if len(self.grid) != 2:
+            raise ValueError(f"grid must be (rows, cols), got {self.grid}")
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.head_dim % 4:
+            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D RoPE")
+        if self.task_token_rope not in ("identity", "zero"):
+            raise ValueError(f"task_token_rope must be 'identity' or 'zero', got {self.task_token_rope!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.image_vocab, self.camera_vocab)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(*self.grid)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocabulary.size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.layout.seq_len
+
+
+# Sizes of the paper / LlamaGen (head_dim 64), GST vocabulary; small presets for CPU.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=128, n_layer=2, n_head=2, image_vocab=512, camera_vocab=256, grid=(8, 8)),
+    "small": dict(dim=384, n_layer=6, n_head=6, image_vocab=1024, camera_vocab=512, grid=(8, 8)),
+    "B": dict(dim=768, n_layer=12, n_head=12),
+    "L": dict(dim=1024, n_layer=24, n_head=16),
+    "XL": dict(dim=1280, n_layer=36, n_head=20),
+    "XXL": dict(dim=1536, n_layer=48, n_head=24),
+}
+
+
+def gst_config(name: str, **overrides) -> GSTConfig:
+    """Config of preset `name` (PRESETS) with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown GST preset {name!r}; expected one of {sorted(PRESETS)}")
+    return replace(GSTConfig(**PRESETS[name]), **overrides)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_table(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """(L, head_dim/2, 2) fp32 [cos, sin] of the 2D RoPE angles for grid positions (rows, cols),
+    each (L,). Pairs 0..head_dim/4-1 encode the row, the rest the column."""
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, dtype=torch.float32)[: half // 2] / half))
+    ang = torch.cat([rows.float()[:, None] * freqs, cols.float()[:, None] * freqs], dim=-1)
+    return torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[..., 2j], x[..., 2j+1]) of x (B, T, H, head_dim) by the angles of
+    table (T, head_dim/2, 2) [cos, sin]; computed in fp32, returned in x's dtype."""
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos = table[None, :, None, :, 0]
+    sin = table[None, :, None, :, 1]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys/values (B, H, max_len, head_dim) of one attention layer. A plain object,
+    not a module, so caches never enter the state dict."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype, device):
+        self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H, T, hd) at positions input_pos (T,); return the cache up to the last
+        written position."""
+        if k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"KV cache was set up for batch {self.k.shape[0]}, got {k.shape[0]}")
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        end = int(input_pos[-1]) + 1
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GSTConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dim = cfg.n_head, cfg.head_dim, cfg.dim
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = nn.LayerNorm(cfg.head_dim)
+            self.k_norm = nn.LayerNorm(cfg.head_dim)
+        else:
+            self.q_norm = self.k_norm = None
+        self.attn_dropout = cfg.attn_dropout
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, rope, input_pos=None, mask=None):
+        b, t, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.dim, dim=-1)
+        q = q.view(b, t, self.n_head, self.head_dim)
+        k = k.view(b, t, self.n_head, self.head_dim)
+        v = v.view(b, t, self.n_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        if input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, : k.shape[2]])
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(b, t, self.dim)
+        return self.resid_dropout(self.wo(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GSTConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout)
+
+    def forward(self, x):
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GSTConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, rope, input_pos=None, mask=None):
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class GST(nn.Module):
+    """The Generative Spatial Transformer. forward(idx (B, T) ids[, input_pos]) -> logits (B, T, V)."""
+
+    def __init__(self, config: GSTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        layout = config.layout
+        rows, cols = layout.grid_positions()
+        table = rope_table(rows, cols, config.head_dim, config.rope_base)
+        if config.task_token_rope == "zero":
+            table[layout.task_index] = 0.0
+        self.register_buffer("rope", table, persistent=False)
+        self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """LlamaGen init: normal(0, initializer_range) for Linear/Embedding, zero output head."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        nn.init.zeros_(self.output.weight)
+
+    def setup_caches(self, batch: int, max_seq_len: int | None = None, dtype=None, device=None) -> None:
+        """Preallocate a KV cache for `batch` sequences of up to max_seq_len (default: the full
+        3n+1) tokens in every layer."""
+        max_len = max_seq_len or self.config.max_seq_len
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"max_seq_len {max_len} exceeds the model's sequence length "
+                             f"{self.config.max_seq_len}")
+        w = self.output.weight
+        dtype, device = dtype or w.dtype, device or w.device
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch, self.config.n_head, max_len, self.config.head_dim,
+                                               dtype, device)
+        self.causal_mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+
+    def clear_caches(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+        self.causal_mask = torch.ones(0, 0, dtype=torch.bool, device=self.output.weight.device)
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) in fp32.
+
+        idx: (B, T) shared-vocabulary ids. Without input_pos, idx is a sequence prefix starting at
+        sequence index 0 (training, or recomputation) under a causal mask. With input_pos (T,)
+        long, the sequence indices of idx (increasing, contiguous with what the cache holds),
+        the keys/values go to the KV cache set up by setup_caches and attention covers the cache."""
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        t = idx.shape[1]
+        if input_pos is None:
+            if t > self.config.max_seq_len:
+                raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.config.max_seq_len}")
+            rope, mask = self.rope[:t], None
+        else:
+            if self.layers[0].attention.kv_cache is None:
+                raise RuntimeError("forward with input_pos needs a KV cache: call setup_caches first")
+            if input_pos.shape != (t,):
+                raise ValueError(f"input_pos must have shape ({t},), got {tuple(input_pos.shape)}")
+            if int(input_pos[-1]) >= self.causal_mask.shape[0]:
+                raise ValueError(f"position {int(input_pos[-1])} is beyond the KV cache "
+                                 f"({self.causal_mask.shape[0]} tokens)")
+            rope, mask = self.rope[input_pos], self.causal_mask[input_pos]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        h = self.tok_dropout(self.tok_embeddings(idx))
+        for layer in self.layers:
+            h = layer(h, rope, input_pos, mask)
+        return self.output(self.norm(h)).float()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,138 @@
+"""Counters of gst_node and their diagnostic_msgs/DiagnosticArray (published on /diagnostics).
+
+One StreamStats per input stream (each camera, the reference topic, the goal topic). Counts:
+- received: messages that arrived;
+- rejected: bad messages (unsupported encoding, step/size mismatch, empty data, NaN or zero K,
+  oversized image, ...), per problem kind;
+- dropped: good frames never estimated: replaced in the one-slot mailbox by a newer frame, or
+  older than max_frame_age_s when the worker reached them (stale);
+- processed: frames that produced an estimate; latency (receipt -> published) and the node's own
+  overhead (latency minus inference) over the last WINDOW frames.
+Updated from the executor and the worker thread: every method takes the stats' lock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+WINDOW = 100   # frames in the rate / latency windows
+
+
+class StreamStats:
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.Lock()
+        self.received = 0
+        self.processed = 0
+        self.dropped_replaced = 0
+        self.dropped_stale = 0
+        self.rejected: Counter[str] = Counter()
+        self.errors = 0                 # inference / publishing failures
+        self.last_problem = ""
+        self._arrivals: deque[float] = deque(maxlen=WINDOW)
+        self._latency: deque[float] = deque(maxlen=WINDOW)
+        self._overhead: deque[float] = deque(maxlen=WINDOW)
+
+    def on_received(self, now: float | None = None) -> None:
+        with self._lock:
+            self.received += 1
+            self._arrivals.append(time.monotonic() if now is None else now)
+
+    def on_rejected(self, kind: str, problem: str) -> None:
+        with self._lock:
+            self.rejected[kind] += 1
+            self.last_problem = problem
+
+    def on_error(self, problem: str) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_problem = problem
+
+    def on_dropped(self, stale: bool) -> None:
+        with self._lock:
+            if stale:
+                self.dropped_stale += 1
+            else:
+                self.dropped_replaced += 1
+
+    def on_processed(self, latency_s: float, overhead_s: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self._latency.append(latency_s)
+            self._overhead.append(overhead_s)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_replaced + self.dropped_stale
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def rate_hz(self) -> float:
+        """Input rate over the last WINDOW arrivals (0 with fewer than two)."""
+        with self._lock:
+            a = list(self._arrivals)
+        if len(a) < 2 or a[-1] <= a[0]:
+            return 0.0
+        return (len(a) - 1) / (a[-1] - a[0])
+
+    def snapshot(self) -> dict:
+        """Plain numbers (for diagnostics, tests and benchmarks)."""
+        with self._lock:
+            lat = np.array(self._latency) if self._latency else np.zeros(0)
+            ovh = np.array(self._overhead) if self._overhead else np.zeros(0)
+            out = {
+                "received": self.received, "processed": self.processed,
+                "dropped": self.dropped_replaced + self.dropped_stale,
+                "dropped_replaced": self.dropped_replaced, "dropped_stale": self.dropped_stale,
+                "rejected": sum(self.rejected.values()), "errors": self.errors,
+                "latency_ms_mean": float(lat.mean() * 1e3) if lat.size else 0.0,
+                "latency_ms_p95": float(np.percentile(lat, 95) * 1e3) if lat.size else 0.0,
+                "overhead_ms_mean": float(ovh.mean() * 1e3) if ovh.size else 0.0,
+                "last_problem": self.last_problem,
+            }
+            out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
+        out["input_rate_hz"] = self.rate_hz()
+        return out
+
+
+def _kv(key: str, value) -> KeyValue:
+    if isinstance(value, float):
+        value = f"{value:.3f}"
+    return KeyValue(key=key, value=str(value))
+
+
+def stream_status(node_name: str, stats: StreamStats, expect_input: bool) -> DiagnosticStatus:
+    """OK, or WARN when frames are rejected / fail or (for a camera) no input arrives."""
+    snap = stats.snapshot()
+    level, message = DiagnosticStatus.OK, "ok"
+    if expect_input and snap["received"] == 0:
+        level, message = DiagnosticStatus.WARN, "no input yet"
+    elif snap["rejected"] or snap["errors"]:
+        level, message = DiagnosticStatus.WARN, f"bad input or failures: {snap['last_problem']}"
+    st = DiagnosticStatus(level=level, name=f"{node_name}: {stats.name}", message=message,
+                          hardware_id=node_name)
+    st.values = [_kv(k, v) for k, v in snap.items()]
+    return st
+
+
+def diagnostic_array(node_name: str, stamp, streams: list[tuple[StreamStats, bool]],
+                     reference: dict) -> DiagnosticArray:
+    """DiagnosticArray: one status per (stats, expect_input) stream plus the reference state
+    (`reference`: {"state": "none" | "set", "source": ..., ...}); the reference status is WARN
+    while no reference is set (nothing can be estimated)."""
+    arr = DiagnosticArray()
+    arr.header.stamp = stamp
+    arr.status = [stream_status(node_name, s, e) for s, e in streams]
+    ok = reference.get("state") == "set"
+    ref = DiagnosticStatus(level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN,
+                           name=f"{node_name}: reference",
+                           message="reference set" if ok else "no reference view yet", hardware_id=node_name)
+    ref.values = [_kv(k, v) for k, v in reference.items()]
+    arr.status.append(ref)
+    return arr

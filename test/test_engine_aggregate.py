@@ -1,0 +1,129 @@
+"""Pose aggregation of the engine (samples -> mean pose, covariance, confidence) on hand-made
+samples, where the right answer is known."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gst_ros.engine.engine import (
+    POSITION_VAR_FLOOR,
+    ROTATION_VAR_FLOOR,
+    PoseEstimate,
+    aggregate_pose_samples,
+)
+from gst_ros.geometry import invert_pose, so3_exp
+
+
+def rot(axis, deg):
+    return so3_exp(torch.tensor(np.asarray(axis, float) * math.radians(deg))).numpy()
+
+
+def w2c_from_c2w(R_c2w, C):
+    """w2c of a camera with orientation R_c2w (camera-to-reference) and centre C."""
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R_c2w, C
+    return invert_pose(T)
+
+
+BASE_R = rot([0.2, 1.0, -0.3], 40.0)
+BASE_C = np.array([0.5, -0.2, 0.3])
+FLOOR = np.diag([POSITION_VAR_FLOOR] * 3 + [ROTATION_VAR_FLOOR] * 3)
+
+
+def test_identical_samples_give_that_pose_and_the_floor_covariance():
+    s = np.stack([w2c_from_c2w(BASE_R, BASE_C)] * 5)
+    w2c, cov, conf, spread = aggregate_pose_samples(s)
+    np.testing.assert_allclose(w2c, s[0], atol=1e-10)
+    np.testing.assert_allclose(cov, FLOOR, atol=1e-14)
+    assert spread < 1e-6
+    assert conf == pytest.approx(1.0, abs=1e-6)
+
+
+def test_single_sample_has_zero_confidence_and_regular_covariance():
+    s = w2c_from_c2w(BASE_R, BASE_C)[None]
+    w2c, cov, conf, spread = aggregate_pose_samples(s)
+    np.testing.assert_allclose(w2c, s[0], atol=1e-10)
+    assert conf == 0.0
+    assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_rotation_spread_about_reference_x_axis_lands_in_rot_x():
+    # samples R_i = Exp(+-theta x_ref) R: a spread about the REFERENCE frame's x axis
+    theta = 6.0
+    s = np.stack([w2c_from_c2w(rot([1, 0, 0], a) @ BASE_R, BASE_C) for a in (-theta, theta, -theta, theta)])
+    w2c, cov, conf, spread = aggregate_pose_samples(s)
+    np.testing.assert_allclose(invert_pose(w2c)[:3, :3], BASE_R, atol=1e-9)
+    np.testing.assert_allclose(invert_pose(w2c)[:3, 3], BASE_C, atol=1e-12)
+    expected = math.radians(theta) ** 2 * 4 / 3  # unbiased sample variance of +-theta
+    assert cov[3, 3] == pytest.approx(expected + ROTATION_VAR_FLOOR, rel=1e-6)
+    np.testing.assert_allclose(cov[4:, 4:], np.diag([ROTATION_VAR_FLOOR] * 2), atol=1e-12)
+    np.testing.assert_allclose(cov[:3, :3], np.diag([POSITION_VAR_FLOOR] * 3), atol=1e-12)
+    assert spread == pytest.approx(theta, rel=1e-6)
+    assert conf == pytest.approx(math.exp(-theta / 10.0), rel=1e-6)
+
+
+def test_centre_spread_lands_in_xyz_with_cross_terms():
+    offsets = np.array([[0.1, 0.1, 0], [-0.1, -0.1, 0], [0.1, 0.1, 0], [-0.1, -0.1, 0]])
+    s = np.stack([w2c_from_c2w(BASE_R, BASE_C + o) for o in offsets])
+    _, cov, _, spread = aggregate_pose_samples(s)
+    var = 0.01 * 4 / 3
+    np.testing.assert_allclose(cov[:3, :3], np.array([[var, var, 0], [var, var, 0], [0, 0, 0]])
+                               + np.diag([POSITION_VAR_FLOOR] * 3), atol=1e-12)
+    assert spread < 1e-6
+
+
+def test_disagreeing_samples_give_larger_covariance_and_lower_confidence():
+    rng = np.random.default_rng(0)
+
+    def samples(scale_deg, scale_c):
+        out = []
+        for _ in range(8):
+            R = rot(rng.normal(size=3), scale_deg * rng.random()) @ BASE_R
+            out.append(w2c_from_c2w(R, BASE_C + scale_c * rng.normal(size=3)))
+        return np.stack(out)
+
+    _, cov_a, conf_a, spread_a = aggregate_pose_samples(samples(2.0, 0.01))
+    _, cov_b, conf_b, spread_b = aggregate_pose_samples(samples(30.0, 0.3))
+    assert spread_b > spread_a
+    assert conf_b < conf_a
+    assert np.trace(cov_b) > 10 * np.trace(cov_a)
+    assert np.linalg.eigvalsh(cov_a).min() > 0 and np.linalg.eigvalsh(cov_b).min() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.floats(0.0, 170.0), st.floats(0.0, 3.0), st.integers(0, 2**31 - 1))
+def test_covariance_is_symmetric_positive_definite(n, max_deg, max_c, seed):
+    rng = np.random.default_rng(seed)
+    s = np.stack([w2c_from_c2w(rot(rng.normal(size=3) + 1e-3, max_deg * rng.random()),
+                               max_c * rng.normal(size=3)) for _ in range(n)])
+    w2c, cov, conf, spread = aggregate_pose_samples(s)
+    np.testing.assert_allclose(cov, cov.T, atol=1e-15)
+    assert np.linalg.eigvalsh(cov).min() >= min(POSITION_VAR_FLOOR, ROTATION_VAR_FLOOR) * (1 - 1e-9)
+    assert 0.0 <= conf <= 1.0
+    R = w2c[:3, :3]
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_array_equal(w2c[3], [0, 0, 0, 1])
+
+
+def test_camera_to_reference_is_the_inverse():
+    w2c = w2c_from_c2w(BASE_R, BASE_C)
+    est = PoseEstimate(w2c=w2c, samples_w2c=w2c[None], covariance=FLOOR, confidence=0.0,
+                       rotation_spread_deg=0.0, latency_s=0.0)
+    T = est.camera_to_reference()
+    np.testing.assert_allclose(T[:3, 3], BASE_C, atol=1e-12)  # the camera centre in the reference frame
+    np.testing.assert_allclose(T @ w2c, np.eye(4), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((0, 4, 4)), "no samples"),
+    (np.ones((2, 4, 4)), "last row"),
+    (np.full((1, 4, 4), np.nan), "NaN"),
+    (np.eye(4), "shape"),
+])
+def test_bad_samples_raise(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        aggregate_pose_samples(bad)

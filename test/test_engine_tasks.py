@@ -1,0 +1,257 @@
+"""GSTEngine on the tiny random model: the four tasks, conventions, K handling, seeding, bad
+inputs, ONNX backend parity."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
+
+from gst_ros.engine.engine import (
+    EngineConfig,
+    GSTEngine,
+    ModelNotFoundError,
+    PoseEstimate,
+    PredictedView,
+    default_model_dir,
+)
+from gst_ros.geometry import crop_resize_intrinsics, look_at, plucker_map
+from gst_ros.models.io import ModelFormatError, load_model_dir, save_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("engine"), onnx=True)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+
+
+def image(h=48, w=64, seed=0):
+    """A smooth colourful test image (gradients + a disc)."""
+    v, u = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0.5, 2.0, 2)
+    img = np.stack([127 + 120 * np.sin(a * u / w * 6), 127 + 120 * np.cos(b * v / h * 6),
+                    255 * ((u - w / 2) ** 2 + (v - h / 2) ** 2 < (min(h, w) / 3) ** 2)], -1)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+K_WIDE = np.array([[40.0, 0.0, 31.5], [0.0, 42.0, 23.5], [0.0, 0.0, 1.0]])  # for a 64x48 image
+TARGET_W2C = look_at([0.4, -0.1, 0.1], [0.0, 0.0, 1.0], up=(0.0, -1.0, 0.0))
+
+
+def test_model_parts_and_image_size(engine):
+    assert engine.image_size == TINY_IMAGE.resolution
+    assert engine.grid == TINY_IMAGE.token_grid == TINY_CAMERA.token_grid
+    assert engine.device.type == "cpu"
+
+
+def test_estimate_pose_shapes_and_conventions(engine):
+    est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=5, seed=3)
+    assert isinstance(est, PoseEstimate)
+    assert est.w2c.shape == (4, 4) and est.w2c.dtype == np.float64
+    assert est.samples_w2c.shape == (5, 4, 4) and est.samples_w2c.dtype == np.float64
+    assert est.covariance.shape == (6, 6)
+    for T in [est.w2c, *est.samples_w2c]:
+        np.testing.assert_allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
+        assert np.linalg.det(T[:3, :3]) == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_array_equal(T[3], [0, 0, 0, 1])
+    assert np.linalg.eigvalsh(est.covariance).min() > 0
+    assert 0.0 <= est.confidence <= 1.0
+    assert est.rotation_spread_deg >= 0.0 and est.latency_s > 0.0
+    np.testing.assert_allclose(est.camera_to_reference() @ est.w2c, np.eye(4), atol=1e-9)
+
+
+def test_estimate_pose_samples_are_decoded_camera_tokens(engine, monkeypatch):
+    """The engine's samples are exactly the cameras decoded from the sampled tokens (with the
+    known target K at the model resolution), and their average is the estimate."""
+    from gst_ros.engine import generation
+
+    codes = {}
+    real = generation.estimate_pose
+
+    def spy(*a, **kw):
+        codes["c"] = real(*a, **kw)
+        return codes["c"]
+
+    monkeypatch.setattr(generation, "estimate_pose", spy)
+    est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=3, seed=0)
+    _, K_sq = engine.prepare(image(seed=2), K_WIDE)
+    g = engine.grid
+    fit = engine.camera_tokenizer.decode(codes["c"].reshape(-1, g, g), K=K_sq, image_size=engine.image_size)
+    np.testing.assert_allclose(est.samples_w2c, fit.w2c.numpy(), atol=1e-9)
+
+
+def test_predict_view_shapes_and_conventions(engine):
+    obs = image(seed=1)
+    view = engine.predict_view(obs, TARGET_W2C, K_obs=K_WIDE, seed=0)
+    assert isinstance(view, PredictedView)
+    s = engine.image_size
+    assert view.image.shape == (s, s, 3) and view.image.dtype == np.uint8
+    np.testing.assert_allclose(view.w2c, TARGET_W2C)
+    _, K_sq = engine.prepare(obs, K_WIDE)
+    np.testing.assert_allclose(view.K, K_sq)  # the observation's K after the crop/resize
+    assert view.K[0, 0] == pytest.approx(40.0 * s / 48)
+
+
+def test_predict_view_uses_the_requested_pose(engine, monkeypatch):
+    """The camera tokens fed to the transformer are those of the target camera's Plücker map
+    at the camera-map resolution (K scaled from the model image size to the map size)."""
+    from gst_ros.engine import generation
+
+    seen = {}
+    real = generation.novel_view
+
+    def spy(model, obs, cam, *a, **kw):
+        seen["cam"] = cam.clone()
+        return real(model, obs, cam, *a, **kw)
+
+    monkeypatch.setattr(generation, "novel_view", spy)
+    engine.predict_view(image(seed=1), TARGET_W2C, K_obs=K_WIDE, seed=0)
+    _, K_sq = engine.prepare(image(seed=1), K_WIDE)
+    m = TINY_CAMERA.resolution
+    K_map = crop_resize_intrinsics(K_sq, (0, 0, engine.image_size, engine.image_size), (m, m))
+    want = engine.camera_tokenizer.encode_maps(plucker_map(K_map, TARGET_W2C, m, m))
+    torch.testing.assert_close(seen["cam"].cpu(), want.reshape(1, -1))
+
+
+def test_propose_and_unconditional_views(engine):
+    views = engine.propose_views(image(seed=4), n=3, K_obs=K_WIDE, seed=1)
+    assert len(views) == 3
+    s = engine.image_size
+    for v in views:
+        assert v.image.shape == (s, s, 3) and v.image.dtype == np.uint8
+        assert v.w2c.shape == (4, 4) and v.K.shape == (3, 3)
+        np.testing.assert_allclose(v.w2c[:3, :3] @ v.w2c[:3, :3].T, np.eye(3), atol=1e-6)
+    assert not np.allclose(views[0].w2c, views[1].w2c)  # independent samples
+    u = engine.unconditional_view(image(seed=4), K_obs=K_WIDE, seed=1)
+    assert u.image.shape == (s, s, 3) and u.image.dtype == np.uint8 and u.w2c.shape == (4, 4)
+
+
+def test_seeded_reproducibility(engine, model_dir):
+    obs, tgt = image(seed=5), image(seed=6)
+    a = engine.estimate_pose(obs, tgt, samples=3, seed=7)
+    b = engine.estimate_pose(obs, tgt, samples=3, seed=7)
+    c = engine.estimate_pose(obs, tgt, samples=3, seed=8)
+    np.testing.assert_array_equal(a.samples_w2c, b.samples_w2c)
+    assert not np.array_equal(a.samples_w2c, c.samples_w2c)
+    v1 = engine.predict_view(obs, TARGET_W2C, seed=3)
+    v2 = engine.predict_view(obs, TARGET_W2C, seed=3)
+    np.testing.assert_array_equal(v1.image, v2.image)
+    # seed=None: a fresh engine replays the same sequence; successive calls differ
+    e1 = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", seed=11))
+    e2 = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", seed=11))
+    p1 = [e1.propose_views(obs, n=2)[0].image for _ in range(2)]
+    p2 = [e2.propose_views(obs, n=2)[0].image for _ in range(2)]
+    np.testing.assert_array_equal(p1[0], p2[0])
+    np.testing.assert_array_equal(p1[1], p2[1])
+    assert not np.array_equal(p1[0], p1[1])
+
+
+def test_non_square_image_with_K_equals_the_precropped_equivalent(engine):
+    """A 96x64 image with its K gives the same model input, rays and results as its centre
+    crop resized to the model resolution with the correspondingly transformed K."""
+    big = image(64, 96, seed=9)
+    K_big = np.array([[70.0, 0.0, 47.5], [0.0, 72.0, 31.5], [0.0, 0.0, 1.0]])
+    s = engine.image_size
+    # what a user would do by hand: crop the centre 64x64 square, shrink it to the model size
+    pre = cv2.resize(big[:, 16:80], (s, s), interpolation=cv2.INTER_AREA)
+    K_pre = crop_resize_intrinsics(K_big, (16, 0, 64, 64), (s, s))
+    sq, K_sq = engine.prepare(big, K_big)
+    np.testing.assert_array_equal(sq, pre)
+    np.testing.assert_allclose(K_sq, K_pre, atol=1e-12)
+    sq2, K_sq2 = engine.prepare(pre, K_pre)
+    np.testing.assert_array_equal(sq2, sq)
+    np.testing.assert_allclose(K_sq2, K_pre, atol=1e-12)
+    m = TINY_CAMERA.resolution
+    rays_a = plucker_map(crop_resize_intrinsics(K_sq, (0, 0, s, s), (m, m)), TARGET_W2C, m, m)
+    # the same rays straight from the original image: the map covers the centre square of it
+    rays_b = plucker_map(crop_resize_intrinsics(K_big, (16, 0, 64, 64), (m, m)), TARGET_W2C, m, m)
+    torch.testing.assert_close(rays_a, rays_b, atol=1e-6, rtol=0)
+    torch.testing.assert_close(engine.camera_tokens(K_sq, TARGET_W2C), engine.camera_tokens(K_pre, TARGET_W2C))
+    a = engine.estimate_pose(big, big, K_big, K_big, samples=2, seed=1)
+    b = engine.estimate_pose(pre, pre, K_pre, K_pre, samples=2, seed=1)
+    np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-9)
+    va = engine.predict_view(big, TARGET_W2C, K_obs=K_big, seed=2)
+    vb = engine.predict_view(pre, TARGET_W2C, K_obs=K_pre, seed=2)
+    np.testing.assert_array_equal(va.image, vb.image)
+    np.testing.assert_allclose(va.K, vb.K, atol=1e-12)
+
+
+def test_default_intrinsics_use_the_fov_across_the_shorter_side(engine):
+    for h, w in [(48, 64), (64, 48), (32, 32)]:
+        K = engine.intrinsics_or_default(image(h, w))
+        short = min(h, w)
+        fov = 2 * math.degrees(math.atan(short / 2 / K[0, 0]))
+        assert fov == pytest.approx(49.1, abs=1e-9)
+        assert K[0, 2] == pytest.approx((w - 1) / 2) and K[1, 2] == pytest.approx((h - 1) / 2)
+    # once cropped to the model's square the default FOV is 49.1 deg across the whole image
+    _, K_sq = engine.prepare(image(48, 64))
+    s = engine.image_size
+    assert 2 * math.degrees(math.atan(s / 2 / K_sq[1, 1])) == pytest.approx(49.1, abs=1e-9)
+
+
+def test_onnx_backend_gives_identical_tokens(engine, model_dir):
+    onnx = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", tokenizer_backend="onnx"))
+    for seed in range(3):
+        sq, K_sq = engine.prepare(image(seed=seed), K_WIDE)
+        torch.testing.assert_close(onnx.image_tokens(sq), engine.image_tokens(sq))
+        torch.testing.assert_close(onnx.camera_tokens(K_sq, TARGET_W2C), engine.camera_tokens(K_sq, TARGET_W2C))
+    a = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=2, seed=4)
+    b = onnx.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=2, seed=4)
+    np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-4)
+    va = engine.predict_view(image(seed=1), TARGET_W2C, seed=4)
+    vb = onnx.predict_view(image(seed=1), TARGET_W2C, seed=4)
+    assert np.abs(va.image.astype(int) - vb.image.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda e: e.estimate_pose(image().astype(np.float32), image()), "uint8"),
+    (lambda e: e.estimate_pose(image()[..., 0], image()), r"\(H, W, 3\)"),
+    (lambda e: e.estimate_pose([[1, 2, 3]], image()), "numpy array"),
+    (lambda e: e.estimate_pose(image(), image()[:, :, :2]), "target"),
+    (lambda e: e.estimate_pose(image(), image(), K_obs=np.eye(3) * np.nan), "NaN"),
+    (lambda e: e.estimate_pose(image(), image(), K_obs=np.diag([0.0, 1.0, 1.0])), "focal"),
+    (lambda e: e.estimate_pose(image(), image(), K_target=np.eye(4)), "shape"),
+    (lambda e: e.estimate_pose(image(), image(), samples=0), "samples"),
+    (lambda e: e.predict_view(image(), np.ones((4, 4))), "w2c_target"),
+    (lambda e: e.predict_view(image(), np.eye(3)), "w2c_target"),
+    (lambda e: e.predict_view(image(), np.diag([1.0, 1.0, -1.0, 1.0])), "determinant"),
+    (lambda e: e.propose_views(image(), n=0), "n must be"),
+    (lambda e: e.unconditional_view(np.zeros((0, 5, 3), np.uint8)), "size"),
+])
+def test_bad_inputs_raise_clear_errors(engine, call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call(engine)
+
+
+def test_bad_config_and_model_dirs(tmp_path, model_dir):
+    with pytest.raises(ModelNotFoundError, match="train"):
+        GSTEngine(EngineConfig(model_dir=str(tmp_path / "nope"), device="cpu"))
+    with pytest.raises(ValueError, match="tokenizer_backend"):
+        GSTEngine(EngineConfig(model_dir=str(model_dir), tokenizer_backend="tensorrt"))
+    with pytest.raises(ValueError, match="top_p"):
+        GSTEngine(EngineConfig(model_dir=str(model_dir), top_p=0.0))
+    with pytest.raises(ValueError, match="device"):
+        GSTEngine(EngineConfig(model_dir=str(model_dir), device="nonsense"))
+    # a transformer whose vocabulary does not fit the tokenizers
+    bad = make_tiny_model(tmp_path, name="bad")
+    meta, state = load_model_dir(bad / "camera_tokenizer")
+    cfg = dict(meta["config"], codebook_size=16)
+    state["quantize.embedding.weight"] = state["quantize.embedding.weight"][:16]
+    save_model_dir(bad / "camera_tokenizer", "camera_tokenizer", cfg, state)
+    with pytest.raises(ModelFormatError, match="camera_vocab"):
+        GSTEngine(EngineConfig(model_dir=str(bad), device="cpu"))
+    (bad / "gst" / "config.json").unlink()
+    with pytest.raises(ModelFormatError, match="config.json"):
+        GSTEngine(EngineConfig(model_dir=str(bad), device="cpu"))
+
+
+def test_default_model_dir_points_at_gst_small():
+    d = default_model_dir()
+    assert d.name == "gst_small" and d.parent.name == "models"
+    assert EngineConfig().model_dir == str(d)

@@ -1,0 +1,151 @@
+"""Sampling with KV cache and CFG, and the four tasks (gst_ros.engine.generation)."""
+import pytest
+import torch
+
+from gst_ros.engine.generation import (
+    SamplingConfig,
+    estimate_pose,
+    generate_segments,
+    novel_view,
+    propose_cameras,
+    sample_logits,
+    unconditional_view,
+)
+from gst_ros.models.sequence import build_prefix
+from gst_ros.models.transformer import GST, gst_config
+
+
+def _model(grid=(3, 3), seed=0):
+    torch.manual_seed(seed)
+    m = GST(gst_config("tiny", grid=grid, image_vocab=40, camera_vocab=20))
+    with torch.no_grad():
+        m.output.weight.normal_(0, 1.0)
+    return m.eval()
+
+
+def _obs(b, n, seed=0, hi=40):
+    return torch.randint(0, hi, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_sample_logits_respects_allowed_top_k_and_top_p():
+    g = torch.Generator().manual_seed(0)
+    allowed = torch.zeros(10, dtype=torch.bool)
+    allowed[3:6] = True
+    logits = torch.zeros(500, 10)
+    logits[:, 0] = 50.0  # overwhelmingly likely, but illegal
+    s = sample_logits(logits, allowed, SamplingConfig(top_k=None), g)
+    assert set(s.tolist()) == {3, 4, 5}
+    logits = torch.tensor([[0.0, 0, 0, 3.0, 2.0, 1.0, 0, 0, 0, 0]]).repeat(2000, 1)
+    s = sample_logits(logits, allowed, SamplingConfig(top_k=2), g)
+    assert set(s.tolist()) == {3, 4}
+    # probabilities over {3,4,5} are 0.665, 0.245, 0.090: top_p 0.8 keeps {3, 4}, 0.5 keeps {3}
+    s = sample_logits(logits, allowed, SamplingConfig(top_k=None, top_p=0.8), g)
+    assert set(s.tolist()) == {3, 4}
+    s = sample_logits(logits, allowed, SamplingConfig(top_k=None, top_p=0.5), g)
+    assert set(s.tolist()) == {3}
+    s = sample_logits(logits[:1], allowed, SamplingConfig(temperature=0), g)
+    assert s.tolist() == [3]
+    # temperature: frequencies follow softmax(logits / T)
+    s = sample_logits(logits, allowed, SamplingConfig(top_k=None, temperature=1.0), g)
+    assert abs((s == 3).float().mean().item() - 0.665) < 0.04
+
+
+def test_sampling_config_validation():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-1)
+
+
+def test_illegal_tokens_never_sampled_in_a_segment():
+    m = _model()
+    n = m.config.layout.n
+    voc = m.config.vocabulary
+    with torch.no_grad():
+        # a large constant feature 0 in every embedding reaches the head; rows that read it get a
+        # large logit: task tokens the largest, then image codes (illegal in a camera segment)
+        m.tok_embeddings.weight[:, 0] += 10.0
+        m.output.weight[:, 0] = 0.0
+        m.output.weight[voc.gen_token:, 0] = 8.0
+        m.output.weight[: voc.image_vocab, 0] = 4.0
+    obs = _obs(64, n)
+    with torch.no_grad():  # unmasked, the model would pick a task token
+        raw = m(build_prefix(voc, m.config.layout, obs, "gen"))[:, -1]
+    assert bool((raw.argmax(-1) >= voc.gen_token).all())
+    cam_logits = raw[:, voc.camera_offset: voc.gen_token]
+    assert bool((raw[:, : voc.image_vocab].max(-1).values > cam_logits.max(-1).values).all())
+    sc = SamplingConfig(temperature=2.0, top_k=None)
+    g = torch.Generator().manual_seed(0)
+    cams, views = propose_cameras(m, obs, sc, g, with_views=True)
+    assert cams.min() >= 0 and cams.max() < voc.camera_vocab
+    assert views.min() >= 0 and views.max() < voc.image_vocab
+    assert len(set(cams.flatten().tolist())) > 10 and len(set(views.flatten().tolist())) > 20  # not degenerate
+    c = estimate_pose(m, obs, _obs(64, n, seed=1), sc, g)
+    assert c.min() >= 0 and c.max() < voc.camera_vocab
+    ids = generate_segments(m, build_prefix(voc, m.config.layout, obs, "gen"), ["camera", "image"], sc, g)
+    assert bool((ids[:, :n] >= voc.camera_offset).all() & (ids[:, :n] < voc.gen_token).all())
+    assert bool((ids[:, n:] < voc.image_vocab).all())
+
+
+def test_reproducible_with_seed_and_cache_equals_recompute():
+    m = _model()
+    obs = _obs(3, m.config.layout.n)
+    sc = SamplingConfig(temperature=1.0, top_k=10)
+    a = propose_cameras(m, obs, sc, torch.Generator().manual_seed(5), with_views=True)
+    b = propose_cameras(m, obs, sc, torch.Generator().manual_seed(5), with_views=True)
+    c = propose_cameras(m, obs, sc, torch.Generator().manual_seed(5), with_views=True, use_kv_cache=False)
+    d = propose_cameras(m, obs, sc, torch.Generator().manual_seed(6), with_views=True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    assert not torch.equal(a[1], d[1])
+
+
+def test_cfg_scale_one_equals_conditional_sampling():
+    m = _model()
+    n = m.config.layout.n
+    obs, cam = _obs(4, n), _obs(4, n, seed=2, hi=20)
+    plain = novel_view(m, obs, cam, SamplingConfig(top_k=20), torch.Generator().manual_seed(9))
+    cfg1 = novel_view(m, obs, cam, SamplingConfig(top_k=20, cfg_scale=1.0), torch.Generator().manual_seed(9))
+    assert torch.equal(plain, cfg1)
+    cfg3 = novel_view(m, obs, cam, SamplingConfig(top_k=20, cfg_scale=3.0), torch.Generator().manual_seed(9))
+    assert not torch.equal(plain, cfg3)
+
+
+def test_cfg_uses_null_condition_logits():
+    """Greedy CFG with scale 0 must equal greedy sampling from the null condition (obs = 0)."""
+    m = _model()
+    n = m.config.layout.n
+    obs = _obs(2, n, seed=3)
+    g = torch.Generator()
+    greedy_u = unconditional_view(m, torch.zeros_like(obs), SamplingConfig(temperature=0), g)
+    cfg0 = unconditional_view(m, obs, SamplingConfig(temperature=0, cfg_scale=0.0), g)
+    assert torch.equal(greedy_u, cfg0)
+
+
+def test_greedy_novel_view_matches_full_forward_argmax():
+    """The first generated token is the argmax of the full forward's last logits over image codes."""
+    m = _model()
+    lay, voc = m.config.layout, m.config.vocabulary
+    obs, cam = _obs(2, lay.n), _obs(2, lay.n, seed=4, hi=20)
+    out = novel_view(m, obs, cam, SamplingConfig(temperature=0))
+    prefix = build_prefix(voc, lay, obs, "gen", given=cam)
+    with torch.no_grad():
+        expect = m(prefix)[:, -1, : voc.image_vocab].argmax(-1)
+    assert torch.equal(out[:, 0], expect)
+    assert out.shape == (2, lay.n)
+
+
+def test_task_shapes_and_errors():
+    m = _model(grid=(2, 2))
+    n = m.config.layout.n
+    obs = _obs(2, n)
+    assert unconditional_view(m, obs).shape == (2, n)
+    cams, views = propose_cameras(m, obs)
+    assert cams.shape == (2, n) and views is None
+    with pytest.raises(ValueError, match="camera codes"):
+        novel_view(m, obs, torch.full((2, n), 20))  # camera vocab is 20: code 20 is out of range
+    with pytest.raises(ValueError, match="shape"):
+        estimate_pose(m, obs, obs[:, :2])
+    was = m.train()
+    estimate_pose(m, obs, obs)
+    assert was.training  # training mode restored
