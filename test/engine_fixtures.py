@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from gst_ros.models.io import save_model_dir
 from gst_ros.models.transformer import GST, gst_config
 from gst_ros.models.vq import VQConfig, VQModel
+from gst_ros.models.vq import preset as vq_preset
 
 TINY_IMAGE = VQConfig(in_channels=3, out_channels=3, resolution=32, ch=16, ch_mult=(1, 1, 2, 2),
                       num_res_blocks=1, z_channels=16, codebook_size=64, codebook_embed_dim=4, norm_groups=8)
@@ -30,15 +32,16 @@ def tiny_gst_config():
                       camera_vocab=TINY_CAMERA.codebook_size, grid=(TINY_IMAGE.token_grid,) * 2)
 
 
-def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_tiny") -> Path:
-    """Build and save a tiny random GST model directory under `root`; returns its path
-    (`root/name`, holding image_tokenizer/, camera_tokenizer/, gst/ and model_card.md).
+def make_random_model(root, image_cfg: VQConfig, camera_cfg: VQConfig, gst_cfg, seed: int = 0,
+                      onnx: bool = False, name: str = "gst_random") -> Path:
+    """Build and save a randomly initialised GST model directory `root/name` (image_tokenizer/,
+    camera_tokenizer/, gst/, model_card.md) from the three configs; returns its path.
     onnx=True also exports both tokenizers for the ONNX Runtime backend (<part>/onnx/)."""
     out = Path(root) / name
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        image, camera = VQModel(TINY_IMAGE), VQModel(TINY_CAMERA)
-        gst = GST(tiny_gst_config())
+        image, camera = VQModel(image_cfg), VQModel(camera_cfg)
+        gst = GST(gst_cfg)
         # the output head is zero-initialised (uniform logits); give it weights so the sampled
         # tokens depend on the input like a trained model's do
         torch.nn.init.normal_(gst.output.weight, std=0.5)
@@ -46,7 +49,7 @@ def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_ti
     save_model_dir(out / "camera_tokenizer", "camera_tokenizer", camera.config, camera.state_dict())
     save_model_dir(out / "gst", "gst", gst.config, gst.state_dict())
     (out / "model_card.md").write_text(
-        "# gst_tiny (test fixture)\n\nRandomly initialised, untrained: for tests only. "
+        f"# {name} (test fixture)\n\nRandomly initialised, untrained: for tests and benchmarks only. "
         "Outputs are meaningless but deterministic per seed.\n")
     if onnx:
         from gst_ros.engine.onnx_tokenizer import export_model_dir
@@ -54,3 +57,28 @@ def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_ti
         export_model_dir(out / "image_tokenizer")
         export_model_dir(out / "camera_tokenizer")
     return out
+
+
+def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_tiny") -> Path:
+    """The tiny random model (see the module docstring) saved as `root/name`; returns its path,
+    to pass as EngineConfig.model_dir. onnx=True also exports the tokenizers to ONNX."""
+    return make_random_model(root, TINY_IMAGE, TINY_CAMERA, tiny_gst_config(), seed, onnx, name)
+
+
+def make_small_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_small_random") -> Path:
+    """A random model with the sizes of the shipped CPU model (VQ presets image-small /
+    camera-small, transformer preset "small"): for latency benchmarks before one is trained."""
+    image, camera = vq_preset("image-small"), vq_preset("camera-small")
+    g = gst_config("small", image_vocab=image.codebook_size, camera_vocab=camera.codebook_size,
+                   grid=(image.token_grid,) * 2)
+    return make_random_model(root, image, camera, g, seed, onnx, name)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a test module with one torch thread (restored afterwards): the tiny model's ops are
+    so small that intra-op threads only add overhead, badly so on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

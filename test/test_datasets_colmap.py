@@ -14,7 +14,8 @@ from training.datasets.colmap import (
     read_model,
 )
 
-MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4, "OPENCV_FISHEYE": 5}
+MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4,
+             "OPENCV_FISHEYE": 5}
 
 # camera id -> (model, width, height, params); expected (fx, fy, cx, cy) in COLMAP's convention
 CAMERAS = {
@@ -52,18 +53,21 @@ def make_images():
     }
 
 
-POINTS = {1: ([0.1, 0.2, 0.3], [255, 0, 10], 0.5, [(5, 0), (9, 3)]), 4: ([1.0, -1.0, 0.5], [1, 2, 3], 1.25, [])}
+POINTS = {1: ([0.1, 0.2, 0.3], [255, 0, 10], 0.5, [(5, 0), (9, 3)]),
+          4: ([1.0, -1.0, 0.5], [1, 2, 3], 1.25, [])}
 
 
 def write_text_model(d, cameras=CAMERAS, images=None, points=POINTS):
     images = make_images() if images is None else images
     d.mkdir(parents=True, exist_ok=True)
-    lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
+    lines = ["# Camera list with one line of data per camera:",
+             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
     for cid, (model, w, h, params) in cameras.items():
         lines.append(" ".join([str(cid), model, str(w), str(h)] + [repr(float(p)) for p in params]))
     (d / "cameras.txt").write_text("\n".join(lines) + "\n")
     lines = ["# Image list with two lines of data per image:",
-             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+             "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
     for iid, (q, t, cid, name, pts) in images.items():
         lines.append(" ".join([str(iid)] + [repr(float(x)) for x in (*q, *t)] + [str(cid), name]))
         lines.append(" ".join(f"{x!r} {y!r} {p}" for x, y, p in pts))
@@ -139,8 +143,8 @@ def test_known_cameras(models, fmt):
     m = read_model(models[0] if fmt == "txt" else models[1])
     for cid, (fx, fy, cx, cy) in EXPECTED_FXFYCXCY.items():
         # COLMAP's principal point is measured from the image corner: ours is 0.5 px less
-        np.testing.assert_allclose(camera_K(m.cameras[cid]), [[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]],
-                                   atol=1e-9)
+        expected = [[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]]
+        np.testing.assert_allclose(camera_K(m.cameras[cid]), expected, atol=1e-9)
     w2c = image_w2c(m.images[5])
     R, t = camera_on_plus_x()
     np.testing.assert_allclose(w2c[:3, :3], R, atol=1e-12)

@@ -9,6 +9,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from test_datasets_colmap import write_binary_model, write_text_model
 from transforms3d.quaternions import mat2quat
 
 from training.datasets import build_dataset, dataset_class, hash_split
@@ -17,8 +18,6 @@ from training.datasets.mvimgnet import MVImgNetDataset
 from training.datasets.objaverse import ObjaverseDataset
 from training.datasets.re10k import RealEstate10KDataset
 from training.datasets.sample import MultiViewSample
-
-from .test_datasets_colmap import write_binary_model, write_text_model
 
 EXPECTED_R = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
 EXPECTED_W2C = np.eye(4)
@@ -84,7 +83,8 @@ def test_objaverse_uid_lists(tmp_path):
     (tmp_path / "splits.json").write_text(json.dumps({"train": ["a", "c", "missing"], "val": ["b"]}))
     ds = ObjaverseDataset(root, "train", uid_list=tmp_path / "splits.json")
     assert [s.scene_id for s in ds.scenes] == ["a", "c"] and ds.skip_reasons["missing object directory"] == 1
-    assert [s.scene_id for s in ObjaverseDataset(root, "val", uid_list=tmp_path / "splits.json").scenes] == ["b"]
+    val = ObjaverseDataset(root, "val", uid_list=tmp_path / "splits.json")
+    assert [s.scene_id for s in val.scenes] == ["b"]
     (tmp_path / "uids.txt").write_text("a\nb\n")
     ds = ObjaverseDataset(root, "train", uid_list=tmp_path / "uids.txt", split_fractions=ALL_TRAIN)
     assert [s.scene_id for s in ds.scenes] == ["a", "b"]
@@ -114,8 +114,9 @@ def p3d_on_plus_x():
 def co3d_frame(seq, num, path, R, T, size=(48, 64), fmt="ndc_isotropic"):
     return {"sequence_name": seq, "frame_number": num, "frame_timestamp": 0.1 * num,
             "image": {"path": path, "size": list(size)},
-            "viewpoint": {"R": np.asarray(R).tolist(), "T": np.asarray(T).tolist(), "focal_length": [2.0, 2.0],
-                          "principal_point": [0.1, -0.2], "intrinsics_format": fmt}}
+            "viewpoint": {"R": np.asarray(R).tolist(), "T": np.asarray(T).tolist(),
+                          "focal_length": [2.0, 2.0], "principal_point": [0.1, -0.2],
+                          "intrinsics_format": fmt}}
 
 
 def write_co3d(root):
@@ -133,7 +134,8 @@ def write_co3d(root):
     frames.append({"sequence_name": "seqA", "frame_number": 9})  # no image/viewpoint
     with gzip.open(root / "chair" / "frame_annotations.jgz", "wt") as f:
         json.dump(frames, f)
-    sl = {"train": [["seqA", k, f"chair/seqA/images/frame{k:06d}.jpg"] for k in range(3)] + [["seqA", 9, "x"]],
+    train = [["seqA", k, f"chair/seqA/images/frame{k:06d}.jpg"] for k in range(3)] + [["seqA", 9, "x"]]
+    sl = {"train": train,
           "val": [["seqB", k, f"chair/seqB/images/frame{k:06d}.jpg"] for k in range(3)], "test": []}
     (root / "chair" / "set_lists").mkdir()
     (root / "chair" / "set_lists" / "set_lists_fewview_dev.json").write_text(json.dumps(sl))

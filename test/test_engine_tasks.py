@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
+from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model, single_thread  # noqa: F401
 
 from gst_ros.engine.engine import (
     EngineConfig,
@@ -18,6 +18,8 @@ from gst_ros.engine.engine import (
 )
 from gst_ros.geometry import crop_resize_intrinsics, look_at, plucker_map
 from gst_ros.models.io import ModelFormatError, load_model_dir, save_model_dir
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,8 @@ def test_non_square_image_with_K_equals_the_precropped_equivalent(engine):
     # the same rays straight from the original image: the map covers the centre square of it
     rays_b = plucker_map(crop_resize_intrinsics(K_big, (16, 0, 64, 64), (m, m)), TARGET_W2C, m, m)
     torch.testing.assert_close(rays_a, rays_b, atol=1e-6, rtol=0)
-    torch.testing.assert_close(engine.camera_tokens(K_sq, TARGET_W2C), engine.camera_tokens(K_pre, TARGET_W2C))
+    torch.testing.assert_close(engine.camera_tokens(K_sq, TARGET_W2C),
+                               engine.camera_tokens(K_pre, TARGET_W2C))
     a = engine.estimate_pose(big, big, K_big, K_big, samples=2, seed=1)
     b = engine.estimate_pose(pre, pre, K_pre, K_pre, samples=2, seed=1)
     np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-9)
@@ -200,7 +203,8 @@ def test_onnx_backend_gives_identical_tokens(engine, model_dir):
     for seed in range(3):
         sq, K_sq = engine.prepare(image(seed=seed), K_WIDE)
         torch.testing.assert_close(onnx.image_tokens(sq), engine.image_tokens(sq))
-        torch.testing.assert_close(onnx.camera_tokens(K_sq, TARGET_W2C), engine.camera_tokens(K_sq, TARGET_W2C))
+        torch.testing.assert_close(onnx.camera_tokens(K_sq, TARGET_W2C),
+                                   engine.camera_tokens(K_sq, TARGET_W2C))
     a = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=2, seed=4)
     b = onnx.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=2, seed=4)
     np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-4)

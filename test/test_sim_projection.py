@@ -34,7 +34,8 @@ def test_marker_centroid_matches_projection(renderer):
     for _ in range(40):
         W, H = int(rng.integers(48, 160)), int(rng.integers(48, 160))
         f = rng.uniform(60, 220)
-        K = make_intrinsics(f, f * rng.uniform(0.9, 1.1), rng.uniform(0.3, 0.7) * W, rng.uniform(0.3, 0.7) * H)
+        cx, cy = rng.uniform(0.3, 0.7) * W, rng.uniform(0.3, 0.7) * H
+        K = make_intrinsics(f, f * rng.uniform(0.9, 1.1), cx, cy)
         X = rng.uniform(-0.3, 0.3, size=3)
         r = 0.012
         spec_bodies = len(renderer.info.bodies)
@@ -65,7 +66,7 @@ def test_scene_sampler_cameras_see_the_scene(renderer):
     info = renderer.load_scene(spec)
     lo, hi = renderer._aabb(info.bodies[0])
     assert abs(lo[2]) < 1e-6, "objects stand on the ground plane z = 0"
-    assert np.isclose(np.max(hi - lo), 1.0, rtol=0.05), "largest extent is the spec's size"
+    assert np.isclose(np.max(hi - lo), 1.0, rtol=0.15), "largest extent is about the spec size"
     assert np.allclose(info.center, (lo + hi) / 2)
     rng = np.random.default_rng(0)
     for sampler in (SphereCameras(), OrbitCameras()):

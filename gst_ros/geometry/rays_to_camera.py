@@ -73,21 +73,33 @@ def _cauchy(e: torch.Tensor, s: torch.Tensor, valid: torch.Tensor) -> torch.Tens
 def solve_centers(d: torch.Tensor, m: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     """(B,3) points nearest (weighted least squares) to the rays (unit d (B,N,3), moment m).
 
-    Solves sum w (I - d d^T) c = sum w (d x m). Raises GeometryError when the rays are (nearly)
-    parallel (the centre is undetermined along them) or carry no weight."""
+    Solves sum w (I - d d^T) c = sum w p with p = d x m, the ray's point nearest the origin.
+    Raises GeometryError when the rays are (nearly) parallel (the centre is undetermined along
+    them) or carry no weight."""
+    return _solve_centers(d, torch.cross(d, m, dim=-1), w)
+
+
+def _solve_centers(d: torch.Tensor, p: torch.Tensor, w: torch.Tensor | None,
+                   check: bool = True) -> torch.Tensor:
+    """solve_centers from the rays' nearest-origin points p; check=False skips the parallel-rays
+    test (for IRLS re-solves after a checked first solve)."""
     if w is None:
         w = torch.ones(d.shape[:2], dtype=d.dtype)
     wsum = w.sum(1)
     if bool((wsum <= 0).any()):
         raise GeometryError(f"no valid rays in batch items {torch.nonzero(wsum <= 0).flatten().tolist()}")
-    eye = torch.eye(3, dtype=d.dtype)
-    A = eye * wsum[:, None, None] - torch.einsum("bn,bni,bnj->bij", w, d, d)
-    b = torch.einsum("bn,bni->bi", w, torch.cross(d, m, dim=-1))
-    lam_min = torch.linalg.eigvalsh(A / wsum[:, None, None])[:, 0]
-    if bool((lam_min < PARALLEL_TOL).any()):
+    A = torch.eye(3, dtype=d.dtype) * wsum[:, None, None] - (w[..., None] * d).transpose(1, 2) @ d
+    b = (w[..., None] * p).sum(1)
+    lam_min = torch.linalg.eigvalsh(A / wsum[:, None, None])[:, 0] if check else None
+    if check and bool((lam_min < PARALLEL_TOL).any()):
         bad = torch.nonzero(lam_min < PARALLEL_TOL).flatten().tolist()
         raise GeometryError(f"rays are all parallel in batch items {bad}: the camera centre is undetermined")
     return torch.linalg.solve(A, b)
+
+
+def _chord(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| for unit vectors: 2 sin(angle / 2), the angle's cheap monotone stand-in."""
+    return torch.sqrt((2 - 2 * (a * b).sum(-1)).clamp_min(0))
 
 
 def _ray_angles(d: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -119,21 +131,25 @@ def _prepare(maps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     return d, m, valid.to(torch.float64), H, W
 
 
-def _center_hypotheses(d, m, w, samples: int, gen: torch.Generator) -> torch.Tensor:
+def _center_hypotheses(d, p, w, samples: int, gen: torch.Generator) -> torch.Tensor:
     """(B, samples, 3) candidate centres, each the least-squares point of 3 rays drawn with
     probability w (a small ridge keeps near-parallel draws finite; they score badly)."""
     B, N = w.shape
-    idx = torch.multinomial(w, samples * 3, replacement=True, generator=gen).reshape(B, samples * 3)
-    ds = torch.gather(d, 1, idx[..., None].expand(B, samples * 3, 3)).reshape(B, samples, 3, 3)
-    ms = torch.gather(m, 1, idx[..., None].expand(B, samples * 3, 3)).reshape(B, samples, 3, 3)
-    A = 3 * torch.eye(3, dtype=d.dtype) - torch.einsum("bsni,bsnj->bsij", ds, ds)
-    b = torch.cross(ds, ms, dim=-1).sum(2)
-    return torch.linalg.solve(A + 1e-9 * torch.eye(3, dtype=d.dtype), b)
+    idx = torch.multinomial(w, samples * 3, replacement=True, generator=gen)
+    idx = idx[..., None].expand(B, samples * 3, 3)
+    ds = torch.gather(d, 1, idx).reshape(B, samples, 3, 3)
+    ps = torch.gather(p, 1, idx).reshape(B, samples, 3, 3)
+    A = (3 + 1e-9) * torch.eye(3, dtype=d.dtype) - ds.transpose(-1, -2) @ ds
+    return torch.linalg.solve(A, ps.sum(2))
 
 
-def _ray_distances(c: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Distances (..., N) from points c (..., 3) to the rays (unit d, moment m ortho to d) (..., N, 3)."""
-    return torch.linalg.norm(torch.linalg.cross(c[..., None, :], d) - m, dim=-1)
+def _ray_distances(c: torch.Tensor, d: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Distances (B, S, N) from points c (B, S, 3) to the rays (unit d, nearest-origin point p,
+    (B, N, 3)): |c - p|^2 - ((c - p) . d)^2, with p . d = 0."""
+    cp = c @ p.transpose(1, 2)
+    cd = c @ d.transpose(1, 2)
+    sq = (c * c).sum(-1, keepdim=True) - 2 * cp + (p * p).sum(-1)[:, None] - cd**2
+    return sq.clamp_min(0).sqrt()
 
 
 def _fit_known_k(d, m, valid, K, H, W, robust: bool, iterations: int, seed: int):
@@ -143,36 +159,38 @@ def _fit_known_k(d, m, valid, K, H, W, robust: bool, iterations: int, seed: int)
     samples drawn among the angularly consistent rays, then IRLS on point-to-ray distance with
     weights multiplied by the rotation's weights."""
     r = camera_rays(K, H, W)
+    p = torch.cross(d, m, dim=-1)
     vb = valid.bool()
     w_r = valid
     for _ in range(iterations if robust else 1):
-        Rt = rotation_from_covariance(torch.einsum("bn,bni,bnj->bij", w_r, d, r))  # d ~ R^T r
-        e_ang = _ray_angles(d, r @ Rt.transpose(1, 2))
+        Rt = rotation_from_covariance((w_r[..., None] * d).transpose(1, 2) @ r)  # d ~ R^T r
         if robust:
-            w_r = _cauchy(e_ang, _robust_scale(e_ang, vb, ANGLE_FLOOR), valid)
+            e = _chord(d, r @ Rt.transpose(1, 2))
+            w_r = _cauchy(e, _robust_scale(e, vb, ANGLE_FLOOR), valid)
+    e_ang = _ray_angles(d, r @ Rt.transpose(1, 2))
     if not robust:
-        return Rt.transpose(1, 2), solve_centers(d, m, valid), e_ang
-    # distance floor relative to the scene: rays' distance from the origin (|m|) sets the scale
-    dist_floor = ANGLE_FLOOR * torch.linalg.norm(m, dim=-1).amax(1, keepdim=True).clamp_min(1.0)
+        return Rt.transpose(1, 2), _solve_centers(d, p, valid), e_ang
+    # distance floor relative to the scene: rays' distance from the origin (|p|) sets the scale
+    dist_floor = ANGLE_FLOOR * torch.linalg.norm(p, dim=-1).amax(1, keepdim=True).clamp_min(1.0)
     gen = torch.Generator().manual_seed(seed)
-    hyp = torch.cat([solve_centers(d, m, w_r)[:, None], _center_hypotheses(d, m, w_r, 64, gen)], 1)
-    sub = torch.linspace(0, d.shape[1] - 1, min(d.shape[1], 512)).long()
-    e = _ray_distances(hyp, d[:, None, sub], m[:, None, sub])
-    e = torch.where(vb[:, None, sub], e, torch.inf)
+    hyp = torch.cat([_solve_centers(d, p, w_r)[:, None], _center_hypotheses(d, p, w_r, 32, gen)], 1)
+    sub = torch.linspace(0, d.shape[1] - 1, min(d.shape[1], 96)).long()
+    e = torch.where(vb[:, None, sub], _ray_distances(hyp, d[:, sub], p[:, sub]), torch.inf)
     c = hyp[torch.arange(len(hyp)), e.median(-1).values.argmin(1)]
     for _ in range(iterations):
-        e_dist = _ray_distances(c, d, m)
+        e_dist = _ray_distances(c[:, None], d, p)[:, 0]
         w_c = _cauchy(e_dist, _robust_scale(e_dist, vb, dist_floor), valid) * w_r
-        c = solve_centers(d, m, w_c)
+        c = _solve_centers(d, p, w_c, check=False)
     return Rt.transpose(1, 2), c, e_ang
 
 
-def _dlt_normal_matrix(w: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _dlt_normal_matrix(w: torch.Tensor, d: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
     """(..., 9, 9) sum_i w_i A_i^T A_i for the DLT rows A_i = [d_i]_x (I kron x_i^T) of d x (H x) = 0,
-    h = H row-major. Uses A^T A = (I - d d^T) kron (x x^T) for unit d."""
+    h = H row-major, as one matrix product: A^T A = (I - d d^T) kron (x x^T) for unit d.
+    w (..., N), d (..., N, 3), xx = x x^T flattened (..., N, 9)."""
     P = torch.eye(3, dtype=d.dtype) - d[..., :, None] * d[..., None, :]
-    M = torch.einsum("...n,...nac,...nj,...nk->...ajck", w, P, x, x)
-    return M.reshape(*M.shape[:-4], 9, 9)
+    M = (w[..., None] * P.flatten(-2)).transpose(-1, -2) @ xx  # [(a, c), (j, k)]
+    return M.reshape(*M.shape[:-2], 3, 3, 3, 3).transpose(-3, -2).reshape(*M.shape[:-2], 9, 9)
 
 
 def _null_homography(M: torch.Tensor) -> torch.Tensor:
@@ -180,43 +198,44 @@ def _null_homography(M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigh(M)[1][..., 0].reshape(*M.shape[:-2], 3, 3)
 
 
-def _homography_angles(Hm: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Angles between d (...,N,3) and H x, with the overall sign of H chosen to agree with d."""
+def _homography_residual(Hm: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Chord between d (..., N, 3) and +-normalise(H x), whichever sign is closer: a residual
+    blind to the (arbitrary) sign of H."""
     y = x @ Hm.transpose(-1, -2)
-    y = y / torch.linalg.norm(y, dim=-1, keepdim=True).clamp_min(1e-30)
-    sign = torch.where((y * d).sum(-1).median(-1, keepdim=True).values < 0, -1.0, 1.0)
-    return _ray_angles(d, y * sign[..., None])
+    cos = (d * y).sum(-1).abs() / torch.linalg.norm(y, dim=-1).clamp_min(1e-30)
+    return torch.sqrt((2 - 2 * cos).clamp_min(0))
 
 
-def fit_ray_homography(d, valid, H: int, W: int, robust: bool = True, samples: int = 128,
-                       iterations: int = 8, seed: int = 0) -> torch.Tensor:
+def fit_ray_homography(d, valid, H: int, W: int, robust: bool = True, samples: int = 64,
+                       iterations: int = 6, seed: int = 0) -> torch.Tensor:
     """Homographies (B,3,3) with d ~ Hm [u, v, 1] for unit world ray directions d (B,N,3) at the
     pixel centres of an H x W grid (row-major), valid (B,N) 0/1. Hartley-normalised DLT; robust:
-    least median of squares over `samples` random 4-ray hypotheses, then Cauchy IRLS."""
+    least median of squares over `samples` random 4-ray hypotheses (scored on <= 128 rays),
+    then Cauchy IRLS on the ray angle (as a chord)."""
     x_pix = pixel_grid(H, W)
     mean = x_pix[:, :2].mean(0)
     s = np.sqrt(2) / torch.linalg.norm(x_pix[:, :2] - mean, dim=-1).mean().clamp_min(1e-12)
     T = torch.tensor([[s, 0, -s * mean[0]], [0, s, -s * mean[1]], [0, 0, 1]], dtype=torch.float64)
     x = x_pix @ T.T
+    xx = (x[:, :, None] * x[:, None, :]).flatten(-2)
     B, N = d.shape[:2]
-    Hn = _null_homography(_dlt_normal_matrix(valid, d, x))
+    Hn = _null_homography(_dlt_normal_matrix(valid, d, xx))
     if robust:
         gen = torch.Generator().manual_seed(seed)
-        idx = torch.multinomial(valid, samples * 4, replacement=True, generator=gen).reshape(B, samples, 4)
-        ds = torch.gather(d[:, None].expand(B, samples, N, 3), 2, idx[..., None].expand(B, samples, 4, 3))
-        hyp = _null_homography(_dlt_normal_matrix(torch.ones(B, samples, 4, dtype=d.dtype), ds, x[idx]))
+        idx = torch.multinomial(valid, samples * 4, replacement=True, generator=gen)
+        ds = torch.gather(d, 1, idx[..., None].expand(B, samples * 4, 3)).reshape(B, samples, 4, 3)
+        ones = torch.ones(B, samples, 4, dtype=d.dtype)
+        hyp = _null_homography(_dlt_normal_matrix(ones, ds, xx[idx].reshape(B, samples, 4, 9)))
         hyp = torch.cat([Hn[:, None], hyp], 1)
-        # score on a fixed subset of rays (at most 512) to bound memory
-        sub = torch.linspace(0, N - 1, min(N, 512)).long()
-        e = _homography_angles(hyp, d[:, None, sub], x[sub])
+        sub = torch.linspace(0, N - 1, min(N, 128)).long()
+        e = _homography_residual(hyp, d[:, None, sub], x[sub])
         e = torch.where(valid[:, None, sub].bool(), e, torch.inf)
-        best = e.median(-1).values.argmin(1)
-        Hn = hyp[torch.arange(B), best]
+        Hn = hyp[torch.arange(B), e.median(-1).values.argmin(1)]
         vb = valid.bool()
         for _ in range(iterations):
-            e = _homography_angles(Hn, d, x)
+            e = _homography_residual(Hn, d, x)
             w = _cauchy(e, _robust_scale(e, vb, ANGLE_FLOOR), valid)
-            Hn = _null_homography(_dlt_normal_matrix(w, d, x))
+            Hn = _null_homography(_dlt_normal_matrix(w, d, xx))
     return Hn @ T
 
 

@@ -17,7 +17,8 @@ Topics (relative names, remap as usual):
        gst/goal  geometry_msgs/PoseStamped: a camera pose in reference_frame -> predicted view
   out  /tf, /tf_static (tf2_msgs/TFMessage), gst/<camera>/pose (PoseWithCovarianceStamped),
        gst/candidate_<i>/image + camera_info, gst/candidates/poses (PoseArray),
-       gst/markers (MarkerArray: frustums), gst/goal_view/image + camera_info, /diagnostics
+       gst/markers (MarkerArray: frustums), gst/goal_view/image + camera_info, /diagnostics,
+       gst/reference/current (the reference image with its original stamp; transient local)
   srv  gst/set_reference (std_srvs/Trigger): the latest frame of `reference_camera` becomes the
        reference.
 """
@@ -83,6 +84,8 @@ class Reference:
     K: np.ndarray | None
     source: str
     version: int
+    stamp: object = None       # stamp of the image that became the reference
+    frame_id: str = ""         # that image's frame_id
 
 
 def classify_problem(message: str) -> str:
@@ -122,7 +125,7 @@ class GSTNode(LifecycleNode):
         self._camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
         self._latest: dict[str, Frame] = {}
         self._worker: LatestItemWorker | None = None
-        self._subs, self._timers, self._pubs, self._services = [], [], {}, []
+        self._gst_subs, self._gst_timers, self._gst_pubs, self._gst_services = [], [], {}, []
         self._last_log: dict[str, float] = {}
         self._active = False
         self.stats: dict[str, StreamStats] = {}
@@ -147,6 +150,7 @@ class GSTNode(LifecycleNode):
         if ref is None:
             return {"state": "none", "version": 0}
         return {"state": "set", "source": ref.source, "version": ref.version,
+                "stamp": f"{ref.stamp.sec}.{ref.stamp.nanosec:09d}", "frame_id": ref.frame_id,
                 "size": f"{ref.image.shape[1]}x{ref.image.shape[0]}",
                 "intrinsics": "camera_info" if ref.K is not None else "default_fov"}
 
@@ -179,10 +183,10 @@ class GSTNode(LifecycleNode):
         self._worker.start()
         self._create_subscriptions()
         diag_period = float(self.p("diagnostics_period_s"))
-        self._timers.append(self.create_timer(diag_period, self._publish_diagnostics))
+        self._gst_timers.append(self.create_timer(diag_period, self._publish_diagnostics))
         period = float(self.p("candidate_period_s"))
         if self.candidate_count > 0 and period > 0:
-            self._timers.append(self.create_timer(period, self._request_candidates))
+            self._gst_timers.append(self.create_timer(period, self._request_candidates))
         self._active = True
         if self._reference is not None:
             self._request_candidates()
@@ -216,13 +220,13 @@ class GSTNode(LifecycleNode):
 
     def _stop_activity(self) -> None:
         self._active = False
-        for s in self._subs:
+        for s in self._gst_subs:
             self.destroy_subscription(s)
-        for t in self._timers:
+        for t in self._gst_timers:
             self.destroy_timer(t)
-        for s in self._services:
+        for s in self._gst_services:
             self.destroy_service(s)
-        self._subs, self._timers, self._services = [], [], []
+        self._gst_subs, self._gst_timers, self._gst_services = [], [], []
         if self._worker is not None:
             if not self._worker.stop(timeout=30.0):
                 self.get_logger().warn("worker thread did not stop within 30 s (inference still running)")
@@ -283,6 +287,7 @@ class GSTNode(LifecycleNode):
             "tf": self.create_publisher(TFMessage, "/tf", tf_qos()),
             "tf_static": self.create_publisher(TFMessage, "/tf_static", latched_qos()),
             "markers": self.create_publisher(MarkerArray, "gst/markers", out),
+            "reference": self.create_publisher(Image, "gst/reference/current", latched_qos()),
             "candidate_poses": self.create_publisher(PoseArray, "gst/candidates/poses", out),
             "goal_image": self.create_publisher(Image, "gst/goal_view/image", out),
             "goal_info": self.create_publisher(CameraInfo, "gst/goal_view/camera_info", out),
@@ -294,27 +299,27 @@ class GSTNode(LifecycleNode):
             pubs[f"cand_image/{i}"] = self.create_publisher(Image, f"gst/candidate_{i}/image", latched_qos())
             pubs[f"cand_info/{i}"] = self.create_publisher(CameraInfo, f"gst/candidate_{i}/camera_info",
                                                            latched_qos())
-        self._pubs = pubs
+        self._gst_pubs = pubs
 
     def _destroy_publishers(self) -> None:
-        for pub in self._pubs.values():
+        for pub in self._gst_pubs.values():
             self.destroy_publisher(pub)
-        self._pubs = {}
+        self._gst_pubs = {}
 
     def _create_subscriptions(self) -> None:
         for c in self.cameras:
-            self._subs.append(self.create_subscription(
+            self._gst_subs.append(self.create_subscription(
                 Image, f"{c}/{self.p('image_topic')}", lambda m, c=c: self._on_image(c, m), self.image_qos))
-            self._subs.append(self.create_subscription(
+            self._gst_subs.append(self.create_subscription(
                 CameraInfo, f"{c}/{self.p('camera_info_topic')}", lambda m, c=c: self._on_camera_info(c, m),
                 self.image_qos))
-        self._subs.append(self.create_subscription(Image, str(self.p("reference_topic")),
+        self._gst_subs.append(self.create_subscription(Image, str(self.p("reference_topic")),
                                                    self._on_reference_image, latched_qos()))
-        self._subs.append(self.create_subscription(CameraInfo, str(self.p("reference_info_topic")),
+        self._gst_subs.append(self.create_subscription(CameraInfo, str(self.p("reference_info_topic")),
                                                    self._on_reference_info, latched_qos()))
-        self._subs.append(self.create_subscription(PoseStamped, str(self.p("goal_topic")), self._on_goal,
+        self._gst_subs.append(self.create_subscription(PoseStamped, str(self.p("goal_topic")), self._on_goal,
                                                    output_qos()))
-        self._services.append(self.create_service(Trigger, "gst/set_reference", self._on_set_reference))
+        self._gst_services.append(self.create_service(Trigger, "gst/set_reference", self._on_set_reference))
 
     # ------------------------------------------------------------------------------------
     # executor-thread callbacks: convert, validate, hand over; never run inference here
@@ -360,7 +365,7 @@ class GSTNode(LifecycleNode):
         self._latest[camera] = frame
         if self._reference is None:
             if camera == self.reference_camera and self.p("reference_from_first_frame"):
-                self._set_reference(rgb, K, f"first frame of {camera}")
+                self._set_reference(rgb, K, f"first frame of {camera}", msg.header.stamp, msg.header.frame_id)
             else:
                 self._log_throttled(f"{camera}/noref", f"[{camera}] no reference view yet: publish one on "
                                     f"{self.p('reference_topic')} or call gst/set_reference", "warn")
@@ -382,7 +387,8 @@ class GSTNode(LifecycleNode):
         if rgb is None:
             return
         K = self._ref_K if self._ref_K_size == (rgb.shape[1], rgb.shape[0]) else None
-        self._set_reference(rgb, K, f"topic {self.p('reference_topic')}")
+        self._set_reference(rgb, K, f"topic {self.p('reference_topic')}", msg.header.stamp,
+                            msg.header.frame_id)
         self.stats["reference"].on_processed(time.monotonic() - received, time.monotonic() - received)
 
     def _on_set_reference(self, request, response):
@@ -392,16 +398,20 @@ class GSTNode(LifecycleNode):
             response.message = f"no frame from camera {self.reference_camera!r} yet"
             return response
         version = self._set_reference(frame.image, frame.K,
-                                      f"set_reference service ({self.reference_camera})")
+                                      f"set_reference service ({self.reference_camera})",
+                                      frame.stamp, frame.frame_id)
         response.success = True
         response.message = f"reference {version} = latest frame of {self.reference_camera}"
         return response
 
-    def _set_reference(self, image: np.ndarray, K, source: str) -> int:
+    def _set_reference(self, image: np.ndarray, K, source: str, stamp, frame_id: str) -> int:
+        """Make `image` (with intrinsics K or None) the reference view; republish it (with the
+        original stamp and frame_id) on gst/reference/current and recompute the candidates."""
         with self._ref_lock:
             self._ref_version += 1
-            self._reference = Reference(image, K, source, self._ref_version)
+            self._reference = Reference(image, K, source, self._ref_version, stamp, frame_id)
             version = self._ref_version
+        self._gst_pubs["reference"].publish(numpy_to_image(image, stamp, frame_id))
         self.get_logger().info(
             f"reference view {version} set from {source} ({image.shape[1]}x{image.shape[0]})")
         self._request_candidates()
@@ -486,17 +496,17 @@ class GSTNode(LifecycleNode):
                     "frame_id, which belongs to the camera driver's tree; set estimated_frames"))
             else:
                 t = w2c_to_transform_stamped(w2c, self.reference_frame, child, stamp=frame.stamp)
-                self._pubs["tf"].publish(tf_message([t]))
+                self._gst_pubs["tf"].publish(tf_message([t]))
         msg = PoseWithCovarianceStamped()
         msg.header.stamp = frame.stamp
         msg.header.frame_id = self.reference_frame
         msg.pose.pose = w2c_to_pose(w2c)
         msg.pose.covariance = scale_covariance(est.covariance, scale).reshape(-1).tolist()
-        self._pubs[f"pose/{frame.camera}"].publish(msg)
+        self._gst_pubs[f"pose/{frame.camera}"].publish(msg)
         h, w = frame.image.shape[:2]
         K = self.engine.intrinsics_or_default(frame.image, frame.K)   # the K the engine used
         cam_to_ref = np.linalg.inv(w2c)
-        self._pubs["markers"].publish(frustum_array(
+        self._gst_pubs["markers"].publish(frustum_array(
             [(K, w, h, cam_to_ref)], frame_id=self.reference_frame, stamp=frame.stamp,
             ns=f"estimated/{frame.camera}", depth=float(self.p("frustum_depth")), color=ESTIMATE_COLOR))
 
@@ -513,14 +523,14 @@ class GSTNode(LifecycleNode):
             frame_id = f"{self.candidate_prefix}candidate_{i}"
             w2c = scale_translation(view.w2c, scale)
             size = view.image.shape[0]
-            self._pubs[f"cand_image/{i}"].publish(numpy_to_image(view.image, stamp, frame_id))
-            self._pubs[f"cand_info/{i}"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
+            self._gst_pubs[f"cand_image/{i}"].publish(numpy_to_image(view.image, stamp, frame_id))
+            self._gst_pubs[f"cand_info/{i}"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
             transforms.append(w2c_to_transform_stamped(w2c, self.reference_frame, frame_id, stamp=stamp))
             poses.poses.append(w2c_to_pose(w2c))
             cams.append((view.K, size, size, np.linalg.inv(w2c)))
-        self._pubs["tf_static"].publish(tf_message(transforms))
-        self._pubs["candidate_poses"].publish(poses)
-        self._pubs["markers"].publish(frustum_array(
+        self._gst_pubs["tf_static"].publish(tf_message(transforms))
+        self._gst_pubs["candidate_poses"].publish(poses)
+        self._gst_pubs["markers"].publish(frustum_array(
             cams, frame_id=self.reference_frame, stamp=stamp, ns="candidates",
             depth=float(self.p("frustum_depth")), color=CANDIDATE_COLOR, max_markers=self.candidate_count))
         total = time.monotonic() - t0
@@ -533,11 +543,11 @@ class GSTNode(LifecycleNode):
             stamp = self.get_clock().now().to_msg()
         size = view.image.shape[0]
         w2c = scale_translation(view.w2c, float(self.p("translation_scale")))
-        self._pubs["tf"].publish(tf_message([w2c_to_transform_stamped(w2c, self.reference_frame, frame_id,
+        self._gst_pubs["tf"].publish(tf_message([w2c_to_transform_stamped(w2c, self.reference_frame, frame_id,
                                                                       stamp=stamp)]))
-        self._pubs["goal_image"].publish(numpy_to_image(view.image, stamp, frame_id))
-        self._pubs["goal_info"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
-        self._pubs["markers"].publish(frustum_array(
+        self._gst_pubs["goal_image"].publish(numpy_to_image(view.image, stamp, frame_id))
+        self._gst_pubs["goal_info"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
+        self._gst_pubs["markers"].publish(frustum_array(
             [(view.K, size, size, np.linalg.inv(w2c))], frame_id=self.reference_frame, stamp=stamp, ns="goal",
             depth=float(self.p("frustum_depth")), color=GOAL_COLOR))
         lat = time.monotonic() - received
@@ -550,8 +560,8 @@ class GSTNode(LifecycleNode):
         ref = self.reference_state()
         if self._worker is not None:
             ref["worker_pending"] = self._worker.pending()
-        self._pubs["diagnostics"].publish(diagnostic_array(self.get_name(), self.get_clock().now().to_msg(),
-                                                           streams, ref))
+        stamp = self.get_clock().now().to_msg()
+        self._gst_pubs["diagnostics"].publish(diagnostic_array(self.get_name(), stamp, streams, ref))
 
 
 def main(args=None) -> int:

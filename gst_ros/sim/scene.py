@@ -25,9 +25,9 @@ TEXTURED_OBJECTS = {
     "soccerball": "soccerball.urdf",
     "table": "table/table.urdf",
     "textured_sphere": "sphere_small.urdf",
-    "cube": "cube.urdf",
 }
 SHAPE_OBJECTS = {
+    "cube": "cube.urdf",
     "mug": "objects/mug.urdf",
     "teddy": "teddy_vhacd.urdf",
     "lego": "lego/lego.urdf",
@@ -135,7 +135,7 @@ class SceneSampler:
     objects_per_scene: tuple[int, int] = (1, 1)   # inclusive range
     size: tuple[float, float] = (0.7, 1.0)        # largest extent of each object
     ground_probability: float = 0.7
-    shadow_probability: float = 0.3
+    shadow_probability: float = 0.2
     light_elevation_deg: tuple[float, float] = (25.0, 80.0)
 
     def sample(self, rng: np.random.Generator, scene_id: str, pool: list[str]) -> SceneSpec:

@@ -19,8 +19,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_params(path: Path, params: dict, node_name: str = "gst_node") -> Path:
-    """A ROS params file for `node_name` holding `params`."""
+def write_params(path: Path, params: dict, node_name: str = "/**") -> Path:
+    """A ROS params file for `node_name` (default: every node) holding `params`."""
     path.write_text(yaml.safe_dump({node_name: {"ros__parameters": params}}))
     return path
 
@@ -59,7 +59,8 @@ def rgb_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def latched() -> QoSProfile:
-    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class Probe:
@@ -82,7 +83,8 @@ class Probe:
     def publisher(self, msg_type, topic: str, qos=10):
         return self.node.create_publisher(msg_type, topic, qos)
 
-    def spin_until(self, predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    def spin_until(self, predicate, timeout: float, proc: subprocess.Popen | None = None,
+                   what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -98,10 +100,20 @@ class Probe:
                         f"a subscriber on {pub.topic_name}")
 
     def call(self, client, request, timeout: float = 30.0, proc=None):
+        """Call a service and wait for the reply. A request sent right after discovery can be lost
+        (the server's reply writer may not have matched our reader yet), so it is re-sent every
+        2 s until a reply arrives."""
         self.spin_until(lambda: client.service_is_ready(), timeout, proc, f"service {client.srv_name}")
-        future = client.call_async(request)
-        self.spin_until(future.done, timeout, proc, f"a reply from {client.srv_name}")
-        return future.result()
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            try:
+                self.spin_until(future.done, min(2.0, max(0.1, deadline - time.monotonic())), proc)
+                return future.result()
+            except AssertionError:
+                client.remove_pending_request(future)
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"no reply from {client.srv_name} within {timeout} s") from None
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -1,0 +1,170 @@
+"""The GST trainer: schedule, optimizer groups, accumulation equivalence, init-from, export, and
+resume after SIGKILL (subprocess) with identical state."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from gst_ros.models.io import load_model_dir
+from training.token_shards import ShardWriter
+from training.train_gst import TrainConfig, load_config, lr_at, make_optimizer, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_shards(root, scenes=12, seed=0, grid=(4, 4), image_vocab=64, camera_vocab=32):
+    """Random token shards with learnable structure: the target image tokens are the observation's
+    shifted by one, camera tokens a function of the pair's view distance."""
+    rng = np.random.default_rng(seed)
+    n = grid[0] * grid[1]
+    with ShardWriter(root, grid, image_vocab, camera_vocab, pairs_per_shard=16) as w:
+        for s in range(scenes):
+            views = rng.integers(0, image_vocab, (4, n))
+            pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
+            cams = np.stack([np.full(n, (b - a) % 4 * 7) for a, b in pairs]) % camera_vocab
+            w.add_scene(f"s{s}", "toy", views, pairs, cams, np.tile(np.eye(4), (5, 1, 1)),
+                        np.tile(np.eye(3), (5, 1, 1)))
+    return Path(root)
+
+
+TINY = {"model": "tiny", "model_overrides": {"dim": 64, "n_layer": 1, "n_head": 1}, "batch_size": 8,
+        "grad_accum": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 2, "log_every": 1, "seed": 0}
+
+
+def tiny_cfg(shards, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "shards": str(shards), **kw})
+
+
+def read_log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_lr_schedule_and_config_checks():
+    cfg = TrainConfig(lr=1e-4, min_lr=1e-5, max_steps=101, warmup_steps=0, lr_decay="cosine")
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(50, cfg) == pytest.approx(5.5e-5)
+    assert lr_at(100, cfg) == pytest.approx(1e-5)
+    lin = TrainConfig(lr=1e-4, min_lr=1e-5, max_steps=11, warmup_steps=0, lr_decay="linear")
+    assert lr_at(5, lin) == pytest.approx(5.5e-5)
+    warm = TrainConfig(lr=1e-4, max_steps=100, warmup_steps=4)
+    assert [lr_at(s, warm) for s in range(3)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5])
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="both")
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        TrainConfig(batch_size=10, grad_accum=4)
+    with pytest.raises(ValueError, match="unknown train_gst config fields"):
+        load_config(None, {"learning_rate": 1})
+
+
+def test_paper_recipe_config():
+    cfg = load_config(REPO / "training/configs/gst_xxl.yaml")
+    assert (cfg.model, cfg.batch_size, cfg.grad_accum, cfg.lr, cfg.min_lr) == ("XXL", 192, 8, 1e-4, 1e-5)
+    assert cfg.betas == (0.9, 0.95) and cfg.weight_decay == 0.05 and cfg.grad_clip == 1.0
+    assert cfg.precision == "bf16" and cfg.strategy == "fsdp" and cfg.cond_drop_prob == 0.1
+    for name in ("gst_tiny_cpu.yaml", "gst_small_cpu.yaml"):
+        load_config(REPO / "training/configs" / name)
+
+
+def test_weight_decay_only_on_matrices():
+    from gst_ros.models.transformer import GST, gst_config
+
+    model = GST(gst_config("tiny", dim=64, n_layer=1, n_head=1))
+    opt = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_accumulation_equals_one_big_batch_and_export(tmp_path):
+    """Same global batch with 1 or 4 micro-steps: same losses and weights (dropouts off)."""
+    shards = make_shards(tmp_path / "shards")
+    no_drop = {"dim": 64, "n_layer": 1, "n_head": 1, "token_dropout": 0.0, "resid_dropout": 0.0,
+               "ffn_dropout": 0.0}
+    res = {}
+    for accum in (1, 4):
+        cfg = tiny_cfg(shards, grad_accum=accum, max_steps=3, model_overrides=no_drop)
+        res[accum] = train(cfg, tmp_path / f"a{accum}", progress=False)
+    assert res[1]["loss"] == pytest.approx(res[4]["loss"], rel=1e-5)
+    w1 = load_file(tmp_path / "a1/model/gst/model.safetensors")
+    w4 = load_file(tmp_path / "a4/model/gst/model.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w4[k], rtol=1e-5, atol=1e-6)
+    meta, _ = load_model_dir(tmp_path / "a1/model/gst", "gst")
+    assert meta["config"]["grid"] == [4, 4] and meta["config"]["image_vocab"] == 64
+    assert meta["trained_steps"] == 3
+    log = read_log(tmp_path / "a1/train_log.csv")
+    assert [int(r["step"]) for r in log] == [1, 2, 3]
+    assert float(log[0]["lr"]) == pytest.approx(5e-4)  # warm-up step 1 of 2
+
+
+def test_training_lowers_loss_and_init_from_model_dir(tmp_path):
+    shards = make_shards(tmp_path / "shards")
+    first = train(tiny_cfg(shards, max_steps=40, val_shards=str(shards)), tmp_path / "run1", progress=False)
+    log = read_log(tmp_path / "run1/train_log.csv")
+    assert float(log[-1]["loss"]) < float(log[0]["loss"]) - 0.3
+    assert {"val_loss", "val_nll_image", "val_nll_camera"} <= set(first)
+    # init from the exported model: the first step starts from the trained weights (low loss)
+    cfg = tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst"), model_overrides={})
+    second = train(cfg, tmp_path / "run2", progress=False)
+    assert second["loss"] < float(log[0]["loss"]) - 0.3
+    with pytest.raises(ValueError, match="conflict with init_from"):
+        train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst")), tmp_path / "r3",
+              progress=False)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tmp_path):
+    shards = make_shards(tmp_path / "shards")
+    cfg = {**TINY, "shards": str(shards), "max_steps": 60, "ckpt_every": 4}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def cmd(out):
+        return [sys.executable, "-m", "training.train_gst", "--config", str(cfg_path), "--out", str(out),
+                "--no-progress"]
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cmd(run), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # the checkpoint on disk is complete (written to a temp file, then renamed)
+    payload = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ckpt_step = payload["step"]
+    logged = [int(r["step"]) for r in read_log(run / "train_log.csv")]
+    assert ckpt_step % 4 == 0 and 4 <= ckpt_step < 60
+    assert max(logged) - ckpt_step < 4 + 1  # lost at most one checkpoint interval (+ the step in flight)
+    resumed = subprocess.run(cmd(run), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {run / 'checkpoint.pt'} at step {ckpt_step}" in resumed.stderr
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    # identical state: same weights bit for bit, same logged losses at every step
+    a = load_file(run / "model/gst/model.safetensors")
+    b = load_file(tmp_path / "ref/model/gst/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a, log_b = read_log(run / "train_log.csv"), read_log(tmp_path / "ref/train_log.csv")
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [str(s) for s in range(1, 61)]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert final["step"] == 60

@@ -1,0 +1,325 @@
+"""Evaluate a trained GST model directory the way users run it: through gst_ros.engine.GSTEngine.
+
+    python -m training.evaluate --model runs/gst/model --data synthetic --root data/synth \
+        --split test_views:seen --split test_objects:unseen --views 3 --scenes 20 --out runs/eval \
+        [--samples 4] [--vgg vgg16.safetensors] [--no-opencv]
+
+Per scene, N views are taken (view 0 is the observation). Every method predicts the cameras of
+views 1..N-1 relative to view 0 (view 0 = identity, OpenCV axes):
+- gst: engine.estimate_pose(observation, view j) (camera tokens sampled, averaged);
+- opencv: SIFT/ORB + essential matrix (MAGSAC++) + recoverPose (training/baselines.py);
+- identity: every camera equals the observation camera;
+- chance: a uniformly random rotation (closed form, no per-pair data).
+Relative pose, CO3D protocol (RayDiffusion, GST Table 3): all ordered pairs (i, j), i != j, of
+the N cameras; error = angle of R_rel_gt R_rel_pred^T (gst_ros.geometry.relative_rotation_errors);
+accuracy at 15 and 30 degrees computed per category, then averaged over categories; seen and
+unseen splits reported apart; also split by the pair's angular baseline (<30, 30-60, >60 deg).
+Camera-centre accuracy (share of centres within 0.1 scene scale after a similarity alignment,
+gst_ros.geometry.camera_center_accuracy) needs N >= 3 (two centres always align exactly).
+Novel views: engine.predict_view(observation, true camera j) against the true view j at the model
+resolution: PSNR, SSIM, LPIPS when VGG weights are given (training/image_metrics.py); the
+"copy observation" baseline scores the observation itself as the prediction.
+
+Writes into --out: results.md and results.csv (summary tables), per_pair.csv (every ordered
+pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png (rows of
+observation | truth | prediction).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gst_ros.geometry import (
+    GeometryError,
+    camera_center,
+    camera_center_accuracy,
+    closest_point_to_lines,
+    normalize_scene,
+    relative_rotation_errors,
+)
+from gst_ros.preprocess import center_crop_resize
+from training import baselines
+from training.datasets.pairs import pairwise_baseline_deg
+from training.image_metrics import LPIPSMetric, psnr, ssim
+from training.logging_utils import CSVLogger, save_image_grid
+
+THRESHOLDS = (15.0, 30.0)
+ANGLE_BINS = (("<30", 0.0, 30.0), ("30-60", 30.0, 60.0), (">60", 60.0, 180.0 + 1e-9))
+POSE_METHODS = ("gst", "opencv", "identity")
+
+
+# ------------------------------------------------------------------ maths
+
+def ordered_pair_baselines(w2c_gt) -> np.ndarray:
+    """Angular baseline (degrees) of every ordered pair (i, j), i != j, in the row-major order of
+    gst_ros.geometry.relative_rotation_errors. w2c_gt: (N,4,4) true world-to-camera poses."""
+    ang = pairwise_baseline_deg(np.asarray(w2c_gt))
+    return ang[~np.eye(len(ang), dtype=bool)]
+
+
+def angle_bin(baseline_deg: float) -> str:
+    for name, lo, hi in ANGLE_BINS:
+        if lo <= baseline_deg < hi:
+            return name
+    raise ValueError(f"angular baseline {baseline_deg} outside [0, 180]")
+
+
+def category_averaged_accuracy(errors, categories, threshold: float) -> float:
+    """Share of errors below `threshold`, computed per category, then averaged over categories
+    (the CO3D protocol). NaN when there are no errors."""
+    errors, categories = np.asarray(errors, dtype=np.float64), np.asarray(categories)
+    if errors.size == 0:
+        return float("nan")
+    cats = sorted(set(categories.tolist()))
+    return float(np.mean([(errors[categories == c] < threshold).mean() for c in cats]))
+
+
+def summarize_pose(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
+    """Summary rows per (method, group) from per-pair rows {method, group, category,
+    baseline_deg, rot_err_deg}: RRA@t category-averaged over all pairs and per angular-baseline
+    bin, plus the pair count. Adds the analytic chance baseline for each group."""
+    out = []
+    groups = sorted({r["group"] for r in rows})
+    methods = [m for m in POSE_METHODS if any(r["method"] == m for r in rows)]
+    for group in groups:
+        for method in methods:
+            sel = [r for r in rows if r["method"] == method and r["group"] == group]
+            err = np.array([r["rot_err_deg"] for r in sel])
+            cat = np.array([r["category"] for r in sel])
+            base = np.array([r["baseline_deg"] for r in sel])
+            row = {"method": method, "group": group, "pairs": len(sel)}
+            for t in thresholds:
+                row[f"RRA@{t:g}"] = category_averaged_accuracy(err, cat, t)
+            for name, lo, hi in ANGLE_BINS:
+                m = (base >= lo) & (base < hi)
+                row[f"RRA@{thresholds[0]:g} {name}"] = category_averaged_accuracy(err[m], cat[m], thresholds[0])
+                row[f"pairs {name}"] = int(m.sum())
+            out.append(row)
+        row = {"method": "chance", "group": group, "pairs": 0}
+        for t in thresholds:
+            row[f"RRA@{t:g}"] = baselines.chance_rotation_accuracy(t)
+        for name, _, _ in ANGLE_BINS:
+            row[f"RRA@{thresholds[0]:g} {name}"] = baselines.chance_rotation_accuracy(thresholds[0])
+            row[f"pairs {name}"] = 0
+        out.append(row)
+    return out
+
+
+def normalized_cameras(w2c: np.ndarray) -> np.ndarray:
+    """(N,4,4) cameras relative to the first (identity), scaled so the first camera is at distance
+    1 from the scene centre (the point nearest all optical axes), as the training pairs are;
+    falls back to a unit baseline between the first two cameras when the axes fix no centre."""
+    try:
+        center = closest_point_to_lines(camera_center(w2c), w2c[:, 2, :3])
+        return normalize_scene(w2c, mode="center", scene_center=center)[0]
+    except GeometryError:
+        return normalize_scene(w2c, mode="baseline")[0]
+
+
+# ------------------------------------------------------------------ running methods
+
+@dataclass
+class EvalScene:
+    """One evaluation unit: N >= 2 views of one scene (view 0 is the observation)."""
+
+    images: np.ndarray          # (N,H,W,3) uint8 RGB
+    K: np.ndarray               # (N,3,3) pixel intrinsics of those images
+    w2c: np.ndarray             # (N,4,4) true world-to-camera (any world frame; OpenCV axes)
+    scene_id: str
+    category: str
+    group: str
+    extra: dict = field(default_factory=dict)
+
+
+def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None) -> list[EvalScene]:
+    """The first `max_scenes` scenes of a reader with at least n_views views, first n_views each."""
+    out = []
+    for i in range(len(reader)):
+        if max_scenes is not None and len(out) >= max_scenes:
+            break
+        s = reader[i]
+        if len(s) < n_views:
+            continue
+        out.append(EvalScene(s.images[:n_views], s.K[:n_views], s.w2c[:n_views], s.scene_id,
+                             s.category or "all", group))
+    return out
+
+
+def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4, seed: int = 0) -> np.ndarray:
+    """(N,4,4) predicted cameras of all N views in view 0's frame (view 0 = identity)."""
+    n = len(scene.images)
+    pred = np.tile(np.eye(4), (n, 1, 1))
+    for j in range(1, n):
+        if method == "gst":
+            est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0], K_target=scene.K[j],
+                                       samples=samples, seed=seed + j)
+            pred[j] = est.w2c
+        elif method == "opencv":
+            pred[j] = baselines.essential_matrix_pose(scene.images[0], scene.images[j], scene.K[0],
+                                                      scene.K[j]).rel_w2c
+        elif method == "identity":
+            pred[j] = baselines.identity_pose()
+        else:
+            raise ValueError(f"unknown pose method {method!r}; expected one of {POSE_METHODS}")
+    return pred
+
+
+def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, samples: int = 4, seed: int = 0,
+                    nvs: bool = True, lpips: LPIPSMetric | None = None, progress: bool = True) -> dict:
+    """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
+    (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred)] images}."""
+    pair_rows, scene_rows, nvs_rows, grids = [], [], [], []
+    for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        gt = normalized_cameras(np.asarray(scene.w2c, dtype=np.float64))
+        base = ordered_pair_baselines(gt)
+        n = len(gt)
+        for method in methods:
+            if method == "gst" and engine is None:
+                continue
+            pred = predict_poses(scene, method, engine, samples, seed)
+            errs = relative_rotation_errors(pred[:, :3, :3], gt[:, :3, :3])
+            pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+            for (i, j), e, b in zip(pairs, errs, base):
+                pair_rows.append({"method": method, "group": scene.group, "category": scene.category,
+                                  "scene": scene.scene_id, "i": i, "j": j, "baseline_deg": float(b),
+                                  "rot_err_deg": float(e)})
+            cc = float("nan")
+            if n >= 3:
+                try:
+                    cc = camera_center_accuracy(camera_center(pred), camera_center(gt), 0.1)
+                except GeometryError:  # e.g. all predicted centres coincide (identity): nothing aligns
+                    cc = 0.0
+            scene_rows.append({"method": method, "group": scene.group, "category": scene.category,
+                               "scene": scene.scene_id, "cc_acc@0.1": cc})
+        if nvs and engine is not None:
+            size = engine.image_size
+            obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
+            for j in range(1, n):
+                truth, _ = center_crop_resize(scene.images[j], scene.K[j], size)
+                view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
+                                           seed=seed + j)
+                for method, img in (("gst", view.image), ("copy observation", obs_sq)):
+                    row = {"method": method, "group": scene.group, "category": scene.category,
+                           "scene": scene.scene_id, "j": j, "psnr": float(psnr(img, truth)[0]),
+                           "ssim": float(ssim(img, truth)[0])}
+                    if lpips is not None:
+                        row["lpips"] = float(lpips(img, truth)[0])
+                    nvs_rows.append(row)
+                grids.append((obs_sq, truth, view.image))
+    return {"pairs": pair_rows, "scenes": scene_rows, "nvs": nvs_rows, "grids": grids}
+
+
+def summarize(results: dict) -> list[dict]:
+    """One table: pose rows (summarize_pose) joined with camera-centre accuracy and NVS means."""
+    table = summarize_pose(results["pairs"])
+    for row in table:
+        cc = [r["cc_acc@0.1"] for r in results["scenes"]
+              if r["method"] == row["method"] and r["group"] == row["group"] and not np.isnan(r["cc_acc@0.1"])]
+        row["CC@0.1"] = float(np.mean(cc)) if cc else float("nan")
+    for method in ("gst", "copy observation"):
+        for group in sorted({r["group"] for r in results["nvs"]}):
+            sel = [r for r in results["nvs"] if r["method"] == method and r["group"] == group]
+            if not sel:
+                continue
+            target = next((r for r in table if r["method"] == method and r["group"] == group), None)
+            if target is None:
+                target = {"method": method, "group": group, "pairs": 0}
+                table.append(target)
+            for key in ("psnr", "ssim", "lpips"):
+                if key in sel[0]:
+                    target[key.upper()] = float(np.mean([r[key] for r in sel]))
+    return table
+
+
+def markdown_table(rows: list[dict], digits: int = 3) -> str:
+    """A GitHub markdown table of dict rows (union of keys, in first-seen order)."""
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+
+    def fmt(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out, title: str = "GST evaluation", max_grid_rows: int = 8) -> list[dict]:
+    """results.md, results.csv, per_pair.csv, nvs.csv and grids/*.png under `out`; returns the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarize(results)
+    for name, rows in (("results.csv", table), ("per_pair.csv", results["pairs"]), ("nvs.csv", results["nvs"])):
+        log = CSVLogger(out / name, resume=False)
+        for r in rows:
+            log.log(**r)
+    md = [f"# {title}", "", "Relative rotation accuracy (RRA, CO3D protocol: all ordered pairs, per category "
+          "then averaged), camera-centre accuracy (CC, N >= 3 views), novel-view PSNR/SSIM(/LPIPS).", "",
+          markdown_table(table)]
+    (out / "results.md").write_text("\n".join(md))
+    grids = results["grids"][:max_grid_rows]
+    if grids:
+        save_image_grid([im for row in grids for im in row], out / "grids" / "nvs_observation_truth_prediction.png",
+                        ncols=3)
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="GST model directory (omit to run only the baselines)")
+    ap.add_argument("--data", default="synthetic", help="dataset reader name (training.datasets)")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--split", action="append", default=None, metavar="SPLIT[:GROUP]",
+                    help="split to evaluate, optionally labelled seen/unseen (repeatable); "
+                         "default test_views:seen and test_objects:unseen")
+    ap.add_argument("--views", type=int, default=2, help="views per scene (view 0 is the observation)")
+    ap.add_argument("--scenes", type=int, default=20, help="scenes per split")
+    ap.add_argument("--samples", type=int, default=4, help="pose samples per estimate")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vgg", default=None, help="VGG16 weights file: adds LPIPS")
+    ap.add_argument("--lpips-lin", default=None, help="optional LPIPS layer weights file")
+    ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
+    ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.views < 2:
+        ap.error("--views must be >= 2")
+    from training.datasets import build_dataset
+
+    engine = None
+    if args.model:
+        from gst_ros.engine.engine import EngineConfig, GSTEngine
+
+        engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed))
+    scenes = []
+    for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
+        split, _, group = spec.partition(":")
+        reader = build_dataset(args.data, args.root, split)
+        scenes += scenes_from_reader(reader, group or split, args.views, args.scenes)
+    if not scenes:
+        print("evaluate: no scene with enough views", file=sys.stderr)
+        return 1
+    methods = [m for m in POSE_METHODS if not (m == "opencv" and args.no_opencv)]
+    lp = LPIPSMetric(args.vgg, args.lpips_lin) if args.vgg else None
+    res = evaluate_scenes(scenes, engine, methods, args.samples, args.seed, nvs=not args.no_nvs, lpips=lp,
+                          progress=not args.no_progress)
+    table = write_report(res, args.out)
+    print(markdown_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

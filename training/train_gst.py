@@ -1,0 +1,533 @@
+"""Train the GST transformer on pre-tokenised data (training/pretokenize.py).
+
+    python -m training.train_gst --config training/configs/gst_tiny_cpu.yaml --shards DATA/train \
+        --out runs/gst_tiny [--steps N] [--set key=value ...]
+    torchrun --nproc_per_node 8 -m training.train_gst --config training/configs/gst_xxl.yaml ...
+    python -m training.train_gst --config ... --out runs/gst_tiny --export-only
+
+Objective: "joint" (GST eq. 5: loss on both segments, both task orders mixed in every batch;
+the default) or "alternating" (the paper's Table 4 baseline: loss on the second segment only,
+the whole batch on one task, alternating per step). The sequence layout, loss masks and the
+masked cross-entropy are gst_ros.models.sequence's.
+
+Optimisation (the paper / LlamaGen recipe): AdamW, betas (0.9, 0.95), weight decay 0.05 on
+parameters with >= 2 dimensions only, lr decaying from `lr` (1e-4) to `min_lr` (1e-5) (cosine
+or linear, optional linear warm-up), gradient clipping at 1.0, gradient accumulation over
+`grad_accum` micro-steps, bf16 autocast on CUDA (CPU runs stay fp32 and say so), condition
+dropout (the observation replaced by the null condition, for classifier-free guidance) plus the
+model's own token / residual / FFN dropouts.
+
+Batches: `batch_size` is the GLOBAL batch (all ranks and all accumulation micro-steps). Step s
+uses positions s*B .. (s+1)*B-1 of an epoch-wise random permutation of the pairs; the tasks and
+the condition-dropout draws of those B samples come from a generator seeded by (seed, step).
+So the data a step sees depends only on (seed, step): a resumed run, a run with more
+accumulation, or a run on more processes sees exactly the same samples (training/distributed.py).
+
+Writes into --out: train_log.csv (step, loss, grad_norm, lr, tokens/s, and val losses), an
+atomic checkpoint.pt every `ckpt_every` steps (resume is automatic: a killed run restarts from
+its last checkpoint with identical model, optimizer, RNG state and data position), and
+model/ = the model directory the engine loads: model/gst (this transformer, kind "gst") plus
+model/image_tokenizer and model/camera_tokenizer copied from the tokenizers the shards were
+made with.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from gst_ros.models.io import config_from_dict, load_model_dir, load_state_dict_strict, save_model_dir
+from gst_ros.models.sequence import (
+    OBJECTIVES,
+    TASK_EST,
+    TASK_GEN,
+    Layout,
+    loss_mask,
+    make_batch,
+    masked_cross_entropy,
+    sample_tasks,
+)
+from gst_ros.models.transformer import GST, GSTConfig, TransformerBlock, count_parameters, gst_config
+from training import distributed as D
+from training.checkpointing import load_training_state, save_training_state
+from training.logging_utils import CSVLogger
+from training.token_shards import TokenShardDataset, collate
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.csv"
+MODEL_DIR = "model"
+LR_DECAYS = ("cosine", "linear", "constant")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"                  # gst_ros.models.transformer.PRESETS name
+    model_overrides: dict = field(default_factory=dict)  # GSTConfig fields (dropouts, sizes)
+    shards: str = ""                     # training token shards (training/pretokenize.py)
+    val_shards: str = ""                 # optional held-out token shards
+    image_tokenizer: str = ""            # model dirs copied into out/model; default: the shards'
+    camera_tokenizer: str = ""           # manifest metadata (where pretokenize recorded them)
+    objective: str = "joint"             # "joint" | "alternating"
+    batch_size: int = 16                 # GLOBAL batch: all ranks x all accumulation micro-steps
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    lr_decay: str = "cosine"             # "cosine" | "linear" | "constant"
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05           # on >= 2-D parameters only
+    grad_clip: float = 1.0
+    cond_drop_prob: float = 0.1          # chance a sample's observation becomes the null condition
+    p_gen: float = 0.5                   # joint: share of <GEN>-order samples
+    precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
+    strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
+    device: str = "auto"
+    seed: int = 0
+    init_from: str = ""                  # GST model dir, or a LlamaGen / official GST .pt checkpoint
+    init_kind: str = "auto"              # "auto" | "gst-dir" | "llamagen-gpt" | "gst-gpt"
+    log_every: int = 10
+    ckpt_every: int = 200
+    val_every: int = 0                   # 0: validate only at the end (when val_shards is set)
+    val_batches: int = 4
+    export_every: int = 0                # 0: export only at the end
+    num_workers: int = 0
+    tensorboard: bool = False            # also log to TensorBoard when it is installed
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        checks = [(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
+                  (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}"),
+                  (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+                  (self.strategy in D.STRATEGIES, f"strategy must be one of {D.STRATEGIES}"),
+                  (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+                  (self.batch_size % self.grad_accum == 0, "batch_size must be divisible by grad_accum"),
+                  (self.max_steps >= 1, "max_steps must be >= 1"),
+                  (0 <= self.min_lr <= self.lr, "need 0 <= min_lr <= lr"),
+                  (0.0 <= self.cond_drop_prob <= 1.0, "cond_drop_prob must lie in [0, 1]"),
+                  (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"train_gst config: {msg}")
+
+
+def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file (unknown keys are an error), then `overrides`."""
+    fields = {}
+    if path:
+        fields = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"unknown train_gst config fields {unknown}")
+    return TrainConfig(**fields)
+
+
+def parse_set(items: list[str]) -> dict:
+    """--set key=value pairs (values parsed as YAML: numbers, booleans, lists)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+# ------------------------------------------------------------------ schedule and optimizer
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up to lr, then decay to
+    min_lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "constant":
+        return cfg.lr
+    span = max(1, cfg.max_steps - 1 - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.lr_decay == "linear":
+        return cfg.lr + (cfg.min_lr - cfg.lr) * t
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) and none on the rest."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
+# ------------------------------------------------------------------ model
+
+def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | None = None) -> GSTConfig:
+    """The transformer config: the preset (or the init checkpoint's sizes) with overrides; the
+    vocabulary sizes and token grid always come from the shards' manifest (they are facts of the
+    tokenizers), and a mismatch with an init checkpoint is an error."""
+    data = {"image_vocab": int(manifest["image_vocab"]), "camera_vocab": int(manifest["camera_vocab"]),
+            "grid": tuple(manifest["grid"])}
+    if init_config is not None:
+        base = config_from_dict(GSTConfig, init_config)
+        for k, v in data.items():
+            if getattr(base, k) != v:
+                raise ValueError(f"init checkpoint has {k}={getattr(base, k)} but the token shards have {v}")
+        sizes = {"dim", "n_layer", "n_head", "image_vocab", "camera_vocab", "grid"}
+        bad = sorted(set(cfg.model_overrides) & sizes)
+        if bad:
+            raise ValueError(f"model_overrides {bad} conflict with init_from (sizes come from the checkpoint)")
+        return dataclasses.replace(base, **cfg.model_overrides)
+    return gst_config(cfg.model, **{**cfg.model_overrides, **data})
+
+
+def load_init(cfg: TrainConfig, manifest: dict) -> tuple[dict | None, dict | None, str]:
+    """(config dict, state dict, description) of `init_from`, or (None, None, "") when unset."""
+    if not cfg.init_from:
+        return None, None, ""
+    path = Path(cfg.init_from)
+    kind = cfg.init_kind
+    if kind == "auto":
+        kind = "gst-dir" if path.is_dir() else "llamagen-gpt"
+    if kind == "gst-dir":
+        meta, state = load_model_dir(path, "gst")
+        return meta["config"], state, f"GST model directory {path}"
+    from gst_ros.engine.checkpoints import read_foreign_checkpoint
+    from gst_ros.engine.gpt_import import convert_gpt_state_dict, format_report
+
+    foreign = read_foreign_checkpoint(path)
+    state, config, report = convert_gpt_state_dict(kind, foreign, camera_vocab=int(manifest["camera_vocab"]),
+                                                   grid=tuple(manifest["grid"]), seed=cfg.seed)
+    return config, state, f"{kind} checkpoint {path}: {format_report(report)}"
+
+
+# ------------------------------------------------------------------ data
+
+class StepBatches(torch.utils.data.Sampler):
+    """Index lists of this rank's micro-batches, in order, from optimizer step `start` on.
+
+    Step s covers positions s*B .. (s+1)*B-1 of the concatenation of epoch-wise permutations of
+    the N pairs (permutation of epoch e seeded by (seed, e)); the rank takes its slice, then
+    splits it into grad_accum micro-batches."""
+
+    def __init__(self, n: int, cfg: TrainConfig, info: D.DistInfo, start: int):
+        if n < 1:
+            raise ValueError("the token shards hold no pairs")
+        self.n, self.cfg, self.info, self.start = n, cfg, info, start
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def global_indices(self, step: int) -> np.ndarray:
+        b = self.cfg.batch_size
+        pos = np.arange(step * b, (step + 1) * b)
+        out = np.empty(b, dtype=np.int64)
+        for e in np.unique(pos // self.n):
+            sel = pos // self.n == e
+            out[sel] = self._perm(int(e))[pos[sel] % self.n]
+        return out
+
+    def __iter__(self):
+        rs = D.rank_slice(self.cfg.batch_size, self.info)
+        for step in range(self.start, self.cfg.max_steps):
+            mine = self.global_indices(step)[rs]
+            yield from (c.tolist() for c in np.array_split(mine, self.cfg.grad_accum))
+
+    def __len__(self) -> int:
+        return (self.cfg.max_steps - self.start) * self.cfg.grad_accum
+
+
+def step_draws(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tasks (B,), dropped (B,) bool) of the global batch of `step`: the same on every rank."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    tasks = sample_tasks(cfg.objective, cfg.batch_size, step, gen, cfg.p_gen)
+    dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_drop_prob
+    return tasks, dropped
+
+
+def batch_from_tokens(model_cfg: GSTConfig, tokens: dict, tasks: torch.Tensor, dropped: torch.Tensor,
+                      objective: str, device: torch.device):
+    """sequence.Batch on `device` from collated shard items, with the given per-sample tasks and
+    condition dropout (dropped observations become the null condition, token 0)."""
+    obs = torch.where(dropped[:, None], 0, tokens["observation"])
+    b = make_batch(model_cfg.vocabulary, model_cfg.layout, obs, tokens["image"], tokens["camera"], tasks,
+                   objective=objective)
+    return [t.to(device, non_blocking=True) for t in (b.input_ids, b.targets, b.loss_mask)]
+
+
+def autocast_for(device: torch.device, cfg: TrainConfig):
+    if cfg.precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenShardDataset, cfg: TrainConfig,
+                      device: torch.device, batch: int) -> dict:
+    """Held-out losses on the first val_batches*batch pairs, each pair in both orders, no dropout:
+    val_loss (joint objective), val_nll_image (p(i|c,o): <GEN> second segment) and val_nll_camera
+    (p(c|i,o): <EST> second segment)."""
+    was = model.training
+    model.eval()
+    n = min(len(data), cfg.val_batches * batch)
+    layout: Layout = model_cfg.layout
+    sums = {"val_loss": 0.0, "val_nll_image": 0.0, "val_nll_camera": 0.0}
+    count = 0
+    for start in range(0, n, batch):
+        tokens = collate([data[i] for i in range(start, min(n, start + batch))])
+        b = len(tokens["observation"])
+        second = loss_mask(layout, "alternating", b, device)
+        for task, key in ((TASK_GEN, "val_nll_image"), (TASK_EST, "val_nll_camera")):
+            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, torch.full((b,), task),
+                                               torch.zeros(b, dtype=torch.bool), "joint", device)
+            with autocast_for(device, cfg):
+                logits = model(inp)
+            sums["val_loss"] += 0.5 * float(masked_cross_entropy(logits, tgt, mask)) * b
+            sums[key] += float(masked_cross_entropy(logits, tgt, second)) * b
+        count += b
+    model.train(was)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+# ------------------------------------------------------------------ export
+
+def export_model_dir(out: Path, model: torch.nn.Module, model_cfg: GSTConfig, cfg: TrainConfig, manifest: dict,
+                     step: int) -> Path:
+    """Write the engine's model directory: out/gst (this transformer) and the two tokenizers
+    copied from cfg.image_tokenizer / cfg.camera_tokenizer (default: the shards' manifest)."""
+    out = Path(out)
+    save_model_dir(out / "gst", "gst", model_cfg, model.state_dict(),
+                   extra={"trained_steps": int(step), "objective": cfg.objective, "shards": cfg.shards})
+    meta = manifest.get("metadata", {})
+    copied = []
+    for sub, path in (("image_tokenizer", cfg.image_tokenizer or meta.get("image_tokenizer", "")),
+                      ("camera_tokenizer", cfg.camera_tokenizer or meta.get("camera_tokenizer", ""))):
+        if path and Path(path).is_dir():
+            if Path(path).resolve() != (out / sub).resolve():
+                shutil.copytree(path, out / sub, dirs_exist_ok=True)
+            copied.append(sub)
+    card = [f"# GST model ({model_cfg.dim}-dim, {model_cfg.n_layer} layers)", "",
+            f"- trained steps: {step}, objective: {cfg.objective}, global batch {cfg.batch_size}",
+            f"- token grid {model_cfg.grid[0]}x{model_cfg.grid[1]}, image vocab {model_cfg.image_vocab}, "
+            f"camera vocab {model_cfg.camera_vocab}", f"- training shards: {cfg.shards}",
+            f"- tokenizers included: {', '.join(copied) or 'none (copy them in before use)'}"]
+    (out / "model_card.md").write_text("\n".join(card) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------ training
+
+def train(cfg: TrainConfig, out, progress: bool = True, export: bool = True) -> dict:
+    """Train (or resume) into `out`. Returns {"step", "loss", "grad_norm", "out", "model_dir", ...}."""
+    out = Path(out)
+    info = D.init_distributed()
+    try:
+        return _train(cfg, out, info, progress, export)
+    finally:
+        D.cleanup(info)
+
+
+def _say(info: D.DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export: bool) -> dict:
+    if not cfg.shards:
+        raise ValueError("train_gst: no training shards given (config `shards` or --shards)")
+    if cfg.batch_size % (info.world_size * cfg.grad_accum):
+        raise ValueError(f"global batch {cfg.batch_size} must divide by world size x grad_accum "
+                         f"({info.world_size} x {cfg.grad_accum})")
+    device = D.device_for(info, cfg.device)
+    data = TokenShardDataset(cfg.shards)
+    manifest = data.manifest
+    init_config, init_state, init_desc = load_init(cfg, manifest)
+    model_cfg = build_model_config(cfg, manifest, init_config)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    model = GST(model_cfg)
+    if init_state is not None:
+        load_state_dict_strict(model, init_state, cfg.init_from)
+        _say(info, f"initialised from {init_desc}")
+    model.to(device)
+    if cfg.precision == "bf16" and device.type != "cuda":
+        _say(info, "precision bf16 needs CUDA: this CPU run trains in fp32")
+    wrapped = D.wrap_model(model, cfg.strategy, info, device, TransformerBlock,
+                           bf16=cfg.precision == "bf16" and device.type == "cuda")
+    opt = make_optimizer(wrapped, cfg, device)
+    views = {"gst": D.FullStateView(wrapped, "model")}
+    opt_views = {"adamw": D.FullStateView(wrapped, "optim", opt)}
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    start = 0
+    if ckpt.is_file():
+        start, _ = load_training_state(ckpt, views, opt_views)
+        _say(info, f"resumed from {ckpt} at step {start}")
+    log = CSVLogger(out / LOG) if info.is_main else None
+    if log is not None:
+        log.truncate_after(start)
+    tb = None
+    if cfg.tensorboard and info.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            _say(info, "tensorboard is not installed: logging to CSV only")
+    val = TokenShardDataset(cfg.val_shards) if cfg.val_shards else None
+    _say(info, f"GST {count_parameters(model) / 1e6:.2f}M parameters, {len(data)} training pairs, "
+               f"objective {cfg.objective}, global batch {cfg.batch_size} = {info.world_size} rank(s) x "
+               f"{cfg.grad_accum} micro-steps, device {device}")
+
+    sampler = StepBatches(len(data), cfg, info, start)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=cfg.num_workers, persistent_workers=False)
+    micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
+    rs = D.rank_slice(cfg.batch_size, info)
+    tokens_per_step = cfg.batch_size * (model_cfg.layout.seq_len - 1)
+    wrapped.train()
+    it = iter(loader)
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train gst",
+               disable=not (progress and info.is_main), dynamic_ncols=True)
+    result = {"step": start, "loss": float("nan"), "grad_norm": float("nan")}
+    t_last, steps_since = time.perf_counter(), 0
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        tasks, dropped = step_draws(cfg, step)
+        tasks, dropped = tasks[rs], dropped[rs]
+        loss_sum = torch.zeros((), device=device)
+        for k in range(cfg.grad_accum):
+            tokens = next(it)
+            sl = slice(k * micro, (k + 1) * micro)
+            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective, device)
+            with D.no_sync(wrapped, skip=k < cfg.grad_accum - 1):
+                with autocast_for(device, cfg):
+                    loss = masked_cross_entropy(wrapped(inp), tgt, mask) / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = D.clip_grad_norm(wrapped, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steps_since += 1
+        done = step + 1
+        loss_v = float(D.mean_over_ranks(loss_sum, info))
+        result.update(step=done, loss=loss_v, grad_norm=float(grad_norm))
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"loss became {loss_v} at step {done}; lower lr or check the data")
+        row = None
+        if done % cfg.log_every == 0 or done == cfg.max_steps or done == start + 1:
+            now = time.perf_counter()
+            row = {"step": done, "loss": loss_v, "grad_norm": float(grad_norm), "lr": lr,
+                   "tokens_per_s": tokens_per_step * steps_since / max(now - t_last, 1e-9)}
+            t_last, steps_since = now, 0
+            bar.set_postfix(loss=f"{loss_v:.4f}", gnorm=f"{float(grad_norm):.3f}", lr=f"{lr:.2e}")
+        if val is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):
+            vals = validation_losses(wrapped, model_cfg, val, cfg, device, max(micro, 1))
+            result.update(vals)
+            row = {**(row or {"step": done}), **vals}
+        if row is not None and log is not None:
+            log.log(**row)
+            if tb is not None:
+                for k, v in row.items():
+                    if k != "step":
+                        tb.add_scalar(k, v, done)
+        if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
+            _checkpoint(ckpt, done, views, opt_views, cfg, model_cfg, info)
+        if export and cfg.export_every and done % cfg.export_every == 0 and info.is_main:
+            export_model_dir(out / MODEL_DIR, D.unwrap(wrapped), model_cfg, cfg, manifest, done)
+    bar.close()
+    if export:
+        state_view = views["gst"].state_dict() if D.is_fsdp(wrapped) else None
+        if info.is_main:
+            if state_view is not None:
+                model.load_state_dict(state_view)
+            export_model_dir(out / MODEL_DIR, D.unwrap(wrapped) if state_view is None else model, model_cfg,
+                             cfg, manifest, result["step"])
+            result["model_dir"] = str(out / MODEL_DIR)
+    D.barrier(info)
+    if tb is not None:
+        tb.close()
+    result["out"] = str(out)
+    return result
+
+
+def _checkpoint(path: Path, step: int, views: dict, opt_views: dict, cfg: TrainConfig, model_cfg: GSTConfig,
+                info: D.DistInfo) -> None:
+    """Atomic checkpoint by rank 0 (FSDP: every rank takes part in gathering the full state)."""
+    if info.is_main:
+        save_training_state(path, step, views, opt_views,
+                            extra={"config": _jsonable(dataclasses.asdict(cfg)),
+                                   "gst_config": _jsonable(dataclasses.asdict(model_cfg))})
+    elif D.is_fsdp(views["gst"].model):
+        views["gst"].state_dict()
+        opt_views["adamw"].state_dict()
+    D.barrier(info)
+
+
+def _jsonable(d: dict) -> dict:
+    """Config values as plain str/int/float/bool/list (torch.load(weights_only=True) reads them)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _jsonable(v)
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        else:
+            out[k] = v
+    return out
+
+
+def export_from_checkpoint(cfg: TrainConfig, out) -> Path:
+    """Export out/model from out/checkpoint.pt without training (the --export-only path)."""
+    out = Path(out)
+    payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    manifest = TokenShardDataset(cfg.shards).manifest if cfg.shards else {"metadata": {}}
+    model_cfg = config_from_dict(GSTConfig, payload["extra"]["gst_config"])
+    model = GST(model_cfg)
+    load_state_dict_strict(model, payload["modules"]["gst"], str(out / CHECKPOINT))
+    return export_model_dir(out / MODEL_DIR, model, model_cfg, cfg, manifest, int(payload["step"]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.train_gst", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
+    ap.add_argument("--out", required=True, help="run directory (resumes when it holds a checkpoint)")
+    ap.add_argument("--shards", default=None, help="training token shards (overrides the config)")
+    ap.add_argument("--val-shards", default=None, help="held-out token shards")
+    ap.add_argument("--steps", type=int, default=None, help="max_steps override")
+    ap.add_argument("--init-from", default=None, help="GST model dir or LlamaGen/GST .pt to start from")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    ap.add_argument("--export-only", action="store_true", help="export out/model from the checkpoint and exit")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    over = {"shards": args.shards, "val_shards": args.val_shards, "max_steps": args.steps,
+            "init_from": args.init_from, **parse_set(args.set)}
+    cfg = load_config(args.config, over)
+    if args.export_only:
+        print(export_from_checkpoint(cfg, args.out))
+        return 0
+    res = train(cfg, args.out, progress=not args.no_progress)
+    if "model_dir" in res:
+        print(f"step {res['step']}: loss {res['loss']:.4f}; model directory {res['model_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
