@@ -85,6 +85,7 @@ def test_gst_view_pose_and_orbit(files, capsys):
     np.testing.assert_allclose(rec["position"], [0.1, 0, 0], atol=1e-12)
     assert main(argv + ["--orbit", "20,10"]) == 0
     assert "wrote" in capsys.readouterr().out
+    assert main(argv + ["--orbit=-30,5"]) == 0  # a leading minus needs the `=` form
     np.testing.assert_allclose(camera_center(orbit_w2c(20, 10)) - [0, 0, 1], [
         math.sin(math.radians(20)) * math.cos(math.radians(10)), -math.sin(math.radians(10)),
         -math.cos(math.radians(20)) * math.cos(math.radians(10))], atol=1e-12)

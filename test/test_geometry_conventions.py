@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import transforms3d
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gst_ros.geometry import (
@@ -34,7 +34,18 @@ from gst_ros.geometry.intrinsics import intrinsics_from_fov
 
 SETTINGS = settings(max_examples=25, deadline=None)
 vec3 = st.tuples(*[st.floats(-3, 3) for _ in range(3)]).map(np.array)
-quat = st.tuples(*[st.floats(-1, 1) for _ in range(4)]).map(np.array).filter(lambda q: np.linalg.norm(q) > 0.1)
+quat = st.tuples(*[st.floats(-1, 1) for _ in range(4)]).map(np.array).filter(
+    lambda q: np.linalg.norm(q) > 0.1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These solvers run many small tensor ops: one intra-op thread is several times faster on
+    a busy 2-core machine. Restored after this module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def assert_same_quat(q1, q2, atol=1e-9):
@@ -66,10 +77,7 @@ def test_look_at_hand_case():
 @SETTINGS
 @given(vec3, vec3)
 def test_look_at_properties(eye, target):
-    if np.linalg.norm(eye - target) < 1e-2 or np.linalg.norm(np.cross(target - eye, [0, 0, 1])) < 1e-2:
-        with pytest.raises(GeometryError):
-            look_at(eye, target)
-        return
+    assume(np.linalg.norm(eye - target) > 1e-2 and np.linalg.norm(np.cross(target - eye, [0, 0, 1])) > 1e-2)
     w2c = look_at(eye, target)
     np.testing.assert_allclose(camera_center(w2c), eye, atol=1e-9)
     cam_target = w2c[:3, :3] @ target + w2c[:3, 3]
@@ -215,3 +223,14 @@ def test_bad_inputs_raise():
     with pytest.raises(GeometryError, match="NaN"):
         w2c_from_colmap([1, 0, 0, 0], [0, np.inf, 0])
     assert issubclass(GeometryError, ValueError)
+
+
+@SETTINGS
+@given(vec3, vec3)
+def test_blender_and_pytorch3d_round_trips(rv, t):
+    w2c = random_pose(rv, t)
+    np.testing.assert_allclose(w2c_from_blender(blender_from_w2c(w2c)), w2c, atol=1e-12)
+    np.testing.assert_allclose(w2c_from_pytorch3d(*pytorch3d_from_w2c(w2c)), w2c, atol=1e-12)
+    # the camera centre is the same in every convention
+    R_bl = blender_from_w2c(w2c)
+    np.testing.assert_allclose(-R_bl[:, :3].T @ R_bl[:, 3], camera_center(w2c), atol=1e-9)

@@ -163,3 +163,17 @@ def test_project_points_bad_input():
         project_points(K, np.eye(4), np.array([[0, np.nan, 1.0]]))
     with pytest.raises(GeometryError, match="orthonormal"):
         project_points(K, np.diag([2.0, 1, 1, 1]), np.zeros((1, 3)))
+
+
+@SETTINGS
+@given(st.integers(0, 60), st.integers(0, 40), st.integers(20, 100), st.integers(8, 300),
+       st.tuples(st.floats(-0.5, 0.5), st.floats(-0.5, 0.5), st.floats(1, 4)))
+def test_crop_resize_moves_projections_consistently(x0, y0, side, out, X):
+    """Any crop + resize: the new K projects a point where the pixel mapping u -> (u - x0 + 0.5)
+    * out / side - 0.5 sends its old projection."""
+    K = make_intrinsics(120, 125, 70.2, 50.7)
+    P = np.array([X])
+    uv, _ = project_points(K, np.eye(4), P)
+    K2 = crop_resize_intrinsics(K, (x0, y0, side, side), (out, out))
+    uv2, _ = project_points(K2, np.eye(4), P)
+    np.testing.assert_allclose(uv2[0], (uv[0] - [x0, y0] + 0.5) * out / side - 0.5, atol=1e-9)

@@ -13,8 +13,8 @@ mean of the ranks' mean losses equals the single-process mean over the global ba
 gradient average equals the single-process gradient.
 
 Strategies: "none" (single process), "ddp" (DistributedDataParallel: every rank holds the whole
-model), "fsdp" (FullyShardedDataParallel, one unit per transformer block, parameters, gradients
-and optimizer state sharded; bf16 mixed precision on CUDA). Checkpoints always hold the full,
+model), "fsdp" (FSDP2 `fully_shard`, one unit per transformer block, parameters, gradients and
+optimizer state sharded; bf16 mixed precision on CUDA; works on CPU with gloo too). Checkpoints always hold the full,
 unsharded state (`full_model_state` / `full_optim_state`), written by rank 0, so a run can
 resume under another strategy or world size.
 """
@@ -113,15 +113,15 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo, device: torch.de
 
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                        buffer_dtype=torch.float32) if bf16 else None
-    policy = ModuleWrapPolicy({block_cls}) if block_cls is not None else None
-    return FullyShardedDataParallel(model, auto_wrap_policy=policy, mixed_precision=mp,
-                                    device_id=device if device.type == "cuda" else None,
-                                    use_orig_params=True)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+        MixedPrecisionPolicy()
+    for m in model.modules():
+        if block_cls is not None and isinstance(m, block_cls):
+            fully_shard(m, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -130,23 +130,35 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def no_sync(model: nn.Module, skip: bool):
-    """Context skipping the gradient all-reduce (gradient accumulation micro-steps) when `skip`."""
-    if skip and hasattr(model, "no_sync"):
+    """Context skipping the gradient all-reduce / reduce-scatter (accumulation micro-steps) when `skip`."""
+    if not skip:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
         return model.no_sync()
+    if is_fsdp(model):
+        return _fsdp_no_sync(model)
     return contextlib.nullcontext()
 
 
-def is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
-    return isinstance(model, FullyShardedDataParallel)
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     """Clip the global gradient norm (over all shards under FSDP); returns the norm before clipping."""
-    if is_fsdp(model):
-        return model.clip_grad_norm_(max_norm)
-    return torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -161,43 +173,42 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 class FullStateView:
     """Adapter giving a wrapped model / its optimizer the state_dict()/load_state_dict() of the
     full unsharded model, so training.checkpointing saves and restores them unchanged under any
-    strategy. kind: "model" or "optim"."""
+    strategy (under FSDP every rank must call these: they gather / scatter). kind: "model" or
+    "optim"."""
 
     def __init__(self, model: nn.Module, kind: str, optimizer=None):
+        if kind not in ("model", "optim"):
+            raise ValueError(f"kind must be 'model' or 'optim', got {kind!r}")
         self.model, self.kind, self.optimizer = model, kind, optimizer
 
-    def _fsdp_ctx(self):
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-
-        m = self.model
-        return m.state_dict_type(m, StateDictType.FULL_STATE_DICT,
-                                 FullStateDictConfig(offload_to_cpu=True, rank0_only=False),
-                                 FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
-
     def state_dict(self):
-        if self.kind == "model":
-            if is_fsdp(self.model):
-                with self._fsdp_ctx():
-                    return self.model.state_dict()
-            return unwrap(self.model).state_dict()
         if is_fsdp(self.model):
-            from torch.distributed.fsdp import FullyShardedDataParallel
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
 
-            with self._fsdp_ctx():
-                return FullyShardedDataParallel.optim_state_dict(self.model, self.optimizer)
-        return self.optimizer.state_dict()
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            if self.kind == "model":
+                return get_model_state_dict(self.model, options=opts)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        return unwrap(self.model).state_dict() if self.kind == "model" else self.optimizer.state_dict()
 
     def load_state_dict(self, state, strict: bool = True):
-        if self.kind == "model":
-            if is_fsdp(self.model):
-                with self._fsdp_ctx():
-                    return self.model.load_state_dict(state, strict=strict)
-            return unwrap(self.model).load_state_dict(state, strict=strict)
         if is_fsdp(self.model):
-            from torch.distributed.fsdp import FullyShardedDataParallel
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
-            with self._fsdp_ctx():
-                state = FullyShardedDataParallel.optim_state_dict_to_load(self.model, self.optimizer, state)
+            opts = StateDictOptions(full_state_dict=True, strict=strict)
+            if self.kind == "model":
+                return set_model_state_dict(self.model, state, options=opts)
+            return set_optimizer_state_dict(self.model, self.optimizer, state, options=opts)
+        if self.kind == "model":
+            return unwrap(self.model).load_state_dict(state, strict=strict)
         return self.optimizer.load_state_dict(state)
 
 

@@ -150,23 +150,27 @@ def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None 
     return out
 
 
-def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4, seed: int = 0) -> np.ndarray:
-    """(N,4,4) predicted cameras of all N views in view 0's frame (view 0 = identity)."""
+def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
+                  seed: int = 0) -> tuple[np.ndarray, int]:
+    """((N,4,4) predicted cameras of all N views in view 0's frame (view 0 = identity), number of
+    views where the method failed and fell back to the identity (the OpenCV baseline only))."""
     n = len(scene.images)
     pred = np.tile(np.eye(4), (n, 1, 1))
+    failed = 0
     for j in range(1, n):
         if method == "gst":
             est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0], K_target=scene.K[j],
                                        samples=samples, seed=seed + j)
             pred[j] = est.w2c
         elif method == "opencv":
-            pred[j] = baselines.essential_matrix_pose(scene.images[0], scene.images[j], scene.K[0],
-                                                      scene.K[j]).rel_w2c
+            res = baselines.essential_matrix_pose(scene.images[0], scene.images[j], scene.K[0], scene.K[j])
+            pred[j] = res.rel_w2c
+            failed += int(not res.ok)
         elif method == "identity":
             pred[j] = baselines.identity_pose()
         else:
             raise ValueError(f"unknown pose method {method!r}; expected one of {POSE_METHODS}")
-    return pred
+    return pred, failed
 
 
 def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, samples: int = 4, seed: int = 0,
@@ -181,7 +185,7 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, 
         for method in methods:
             if method == "gst" and engine is None:
                 continue
-            pred = predict_poses(scene, method, engine, samples, seed)
+            pred, failed = predict_poses(scene, method, engine, samples, seed)
             errs = relative_rotation_errors(pred[:, :3, :3], gt[:, :3, :3])
             pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
             for (i, j), e, b in zip(pairs, errs, base):
@@ -195,7 +199,7 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, 
                 except GeometryError:  # e.g. all predicted centres coincide (identity): nothing aligns
                     cc = 0.0
             scene_rows.append({"method": method, "group": scene.group, "category": scene.category,
-                               "scene": scene.scene_id, "cc_acc@0.1": cc})
+                               "scene": scene.scene_id, "cc_acc@0.1": cc, "failed": failed, "estimates": n - 1})
         if nvs and engine is not None:
             size = engine.image_size
             obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
@@ -215,12 +219,16 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, 
 
 
 def summarize(results: dict) -> list[dict]:
-    """One table: pose rows (summarize_pose) joined with camera-centre accuracy and NVS means."""
+    """One table: pose rows (summarize_pose) joined with camera-centre accuracy, the share of
+    failed estimates (fallen back to the identity) and NVS means."""
     table = summarize_pose(results["pairs"])
     for row in table:
         cc = [r["cc_acc@0.1"] for r in results["scenes"]
               if r["method"] == row["method"] and r["group"] == row["group"] and not np.isnan(r["cc_acc@0.1"])]
         row["CC@0.1"] = float(np.mean(cc)) if cc else float("nan")
+        runs = [r for r in results["scenes"] if r["method"] == row["method"] and r["group"] == row["group"]]
+        if runs:
+            row["failed"] = float(sum(r["failed"] for r in runs) / max(1, sum(r["estimates"] for r in runs)))
     for method in ("gst", "copy observation"):
         for group in sorted({r["group"] for r in results["nvs"]}):
             sel = [r for r in results["nvs"] if r["method"] == method and r["group"] == group]

@@ -394,8 +394,10 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                f"{cfg.grad_accum} micro-steps, device {device}")
 
     sampler = StepBatches(len(data), cfg, info, start)
+    # own generator: starting a DataLoader iterator must not draw from the global RNG that the
+    # dropouts use (else a resumed run's dropout masks would shift by one draw)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=cfg.num_workers, persistent_workers=False)
+                                         num_workers=cfg.num_workers, generator=torch.Generator())
     micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
     rs = D.rank_slice(cfg.batch_size, info)
     tokens_per_step = cfg.batch_size * (model_cfg.layout.seq_len - 1)
@@ -449,22 +451,29 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                         tb.add_scalar(k, v, done)
         if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
             _checkpoint(ckpt, done, views, opt_views, cfg, model_cfg, info)
-        if export and cfg.export_every and done % cfg.export_every == 0 and info.is_main:
-            export_model_dir(out / MODEL_DIR, D.unwrap(wrapped), model_cfg, cfg, manifest, done)
+        if export and cfg.export_every and done % cfg.export_every == 0 and done != cfg.max_steps:
+            _export(out / MODEL_DIR, wrapped, views["gst"], model_cfg, cfg, manifest, done, info)
     bar.close()
     if export:
-        state_view = views["gst"].state_dict() if D.is_fsdp(wrapped) else None
-        if info.is_main:
-            if state_view is not None:
-                model.load_state_dict(state_view)
-            export_model_dir(out / MODEL_DIR, D.unwrap(wrapped) if state_view is None else model, model_cfg,
-                             cfg, manifest, result["step"])
-            result["model_dir"] = str(out / MODEL_DIR)
+        _export(out / MODEL_DIR, wrapped, views["gst"], model_cfg, cfg, manifest, result["step"], info)
+        result["model_dir"] = str(out / MODEL_DIR)
     D.barrier(info)
     if tb is not None:
         tb.close()
     result["out"] = str(out)
     return result
+
+
+def _export(directory: Path, wrapped, view, model_cfg: GSTConfig, cfg: TrainConfig, manifest: dict, step: int,
+            info: D.DistInfo) -> None:
+    """Export the model directory from rank 0 (under FSDP all ranks gather the full state first)."""
+    full = view.state_dict() if D.is_fsdp(wrapped) else None
+    if info.is_main:
+        plain = D.unwrap(wrapped)
+        if full is not None:  # the sharded module cannot be saved as is: a plain copy can
+            plain = GST(model_cfg)
+            plain.load_state_dict(full)
+        export_model_dir(directory, plain, model_cfg, cfg, manifest, step)
 
 
 def _checkpoint(path: Path, step: int, views: dict, opt_views: dict, cfg: TrainConfig, model_cfg: GSTConfig,

@@ -16,6 +16,8 @@ y down, z forward), translation in the model's unit scene scale, in one of two w
                                 the camera to the right (+x), EL > 0 moves it up (-y);
                                 0,0 is the observation camera itself.
 
+Write a value list that starts with a minus sign with `=`: `--orbit=-30,10`, `--pose=-0.2,0,0,0,0,0,1`.
+
 The predicted view is written as a PNG at the model's resolution (square); its intrinsics are
 the observation's after the centre crop and resize (printed).
 """

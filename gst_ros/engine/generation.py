@@ -113,7 +113,8 @@ def generate_segments(model: GST, prefix: torch.Tensor, kinds: Sequence[str],
                 elif step == 0:
                     logits = model(seq[:, :p], input_pos=torch.arange(p, device=device))[:, -1]
                 else:
-                    logits = model(seq[:, pos - 1: pos], input_pos=torch.tensor([pos - 1], device=device))[:, 0]
+                    last = torch.tensor([pos - 1], device=device)
+                    logits = model(seq[:, pos - 1: pos], input_pos=last)[:, 0]
                 if use_cfg:
                     cond, uncond = logits.chunk(2)
                     s = float(sampling.cfg_scale)

@@ -34,10 +34,10 @@ def as_array(x, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
 
 
 def as_batch(x, name: str, tail: tuple, dtype=torch.float64) -> tuple[torch.Tensor, bool]:
-    """(B, *tail) torch tensor of `dtype` from a single (*tail) or batched (B, *tail) input
-    (numpy or torch); also returns whether the input was batched. Rejects empty batches and
-    NaN/inf."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dtype)
+    """(B, *tail) CPU torch tensor of `dtype` from a single (*tail) or batched (B, *tail) input
+    (numpy or torch, any device); also returns whether the input was batched. Rejects empty
+    batches and NaN/inf. (Geometry runs on the CPU in float64: it is small and needs precision.)"""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().to("cpu", dtype)
     if t.shape == tail:
         t, batched = t.unsqueeze(0), False
     elif t.ndim == len(tail) + 1 and tuple(t.shape[1:]) == tail:

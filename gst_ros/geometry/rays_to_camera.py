@@ -13,10 +13,12 @@ Known intrinsics K (cameras_from_plucker(maps, K)):
   pixel rays r = normalise(K^-1 [u, v, 1]) and the map's directions, d ~ R^T r;
 - translation t = -R c (world-to-camera).
 Robustness (robust=True): iteratively reweighted least squares. Each iteration re-weights
-every ray with a Cauchy weight 1 / (1 + (e / (2.385 s))^2) of its residual e (point-to-ray
-distance for the centre, angle for the rotation), s = 1.4826 * median residual (a robust
-scale, floored so a perfect map gets uniform weights). Rays above 3 s (and above the floor)
-are reported as outliers.
+every ray with a Cauchy weight 1 / (1 + (e / (2.385 s))^2) of its residual e (angle for the
+rotation, point-to-ray distance for the centre), s = 1.4826 * median residual (a robust scale,
+floored so a perfect map gets uniform weights). The rotation is fitted first; the centre starts
+from the least-median-of-squares pick among 3-ray hypotheses drawn from the rays that agree with
+the rotation, and its weights are multiplied by the rotation's. Rays whose angle is above 3 s
+(and above the floor) are reported as outliers.
 
 Unknown intrinsics (K=None), the RayDiffusion route: d ~ R^T K^-1 x for homogeneous pixel
 x, so a homography H = lambda R^T K^-1 maps pixel centres to ray directions. H is fitted by a
@@ -61,9 +63,18 @@ class CameraFit:
 
 
 def _robust_scale(e: torch.Tensor, valid: torch.Tensor, floor) -> torch.Tensor:
-    """(B,1) robust standard deviation 1.4826 * median(e) over valid rays, at least `floor`."""
-    med = torch.where(valid, e, torch.nan).nanmedian(dim=1, keepdim=True).values
+    """(B,1) robust standard deviation 1.4826 * median(e) over valid rays, at least `floor`.
+    The median is taken over an evenly strided subset of at most ~1024 rays (plenty for a scale)."""
+    step = max(1, e.shape[1] // 1024)
+    med = torch.where(valid[:, ::step], e[:, ::step], torch.nan).nanmedian(dim=1, keepdim=True).values
+    if step > 1 and bool(med.isnan().any()):  # no valid ray in the subset: use them all
+        med = torch.where(valid, e, torch.nan).nanmedian(dim=1, keepdim=True).values
     return torch.maximum(MAD_TO_SIGMA * med, torch.as_tensor(floor, dtype=e.dtype))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dot products over the last axis (size 3)."""
+    return torch.einsum("...i,...i->...", a, b)
 
 
 def _cauchy(e: torch.Tensor, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -99,18 +110,20 @@ def _solve_centers(d: torch.Tensor, p: torch.Tensor, w: torch.Tensor | None,
 
 def _chord(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a - b| for unit vectors: 2 sin(angle / 2), the angle's cheap monotone stand-in."""
-    return torch.sqrt((2 - 2 * (a * b).sum(-1)).clamp_min(0))
+    return torch.sqrt((2 - 2 * _dot(a, b)).clamp_min(0))
 
 
 def _ray_angles(d: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Angles (B,N) between unit vectors d and pred (both (B,N,3)), stable for small angles."""
-    return torch.atan2(torch.linalg.norm(torch.cross(d, pred, dim=-1), dim=-1), (d * pred).sum(-1))
+    return torch.atan2(torch.linalg.norm(torch.cross(d, pred, dim=-1), dim=-1), _dot(d, pred))
 
 
 def _prepare(maps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     """(d, m, valid) flattened (B,N,3)/(B,N) with unit d and m orthogonal to d, plus H, W."""
     if isinstance(maps, np.ndarray):
         maps = torch.from_numpy(maps)
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu()
     m, d = split_plucker(maps)
     B, _, H, W = maps.shape
     if B == 0 or H * W == 0:
@@ -127,7 +140,7 @@ def _prepare(maps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
                             "4 rays with a non-zero direction")
     norm = torch.where(valid[..., None], norm, torch.ones_like(norm))
     d, m = d / norm, m / norm
-    m = m - (m * d).sum(-1, keepdim=True) * d
+    m = m - _dot(m, d)[..., None] * d
     return d, m, valid.to(torch.float64), H, W
 
 
@@ -143,12 +156,10 @@ def _center_hypotheses(d, p, w, samples: int, gen: torch.Generator) -> torch.Ten
     return torch.linalg.solve(A, ps.sum(2))
 
 
-def _ray_distances(c: torch.Tensor, d: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def _ray_distances(c: torch.Tensor, d: torch.Tensor, p: torch.Tensor, pp: torch.Tensor) -> torch.Tensor:
     """Distances (B, S, N) from points c (B, S, 3) to the rays (unit d, nearest-origin point p,
-    (B, N, 3)): |c - p|^2 - ((c - p) . d)^2, with p . d = 0."""
-    cp = c @ p.transpose(1, 2)
-    cd = c @ d.transpose(1, 2)
-    sq = (c * c).sum(-1, keepdim=True) - 2 * cp + (p * p).sum(-1)[:, None] - cd**2
+    (B, N, 3); pp = |p|^2 (B, N)): |c - p|^2 - ((c - p) . d)^2, with p . d = 0."""
+    sq = _dot(c, c)[..., None] - 2 * c @ p.transpose(1, 2) + pp[:, None] - (c @ d.transpose(1, 2)) ** 2
     return sq.clamp_min(0).sqrt()
 
 
@@ -160,6 +171,7 @@ def _fit_known_k(d, m, valid, K, H, W, robust: bool, iterations: int, seed: int)
     weights multiplied by the rotation's weights."""
     r = camera_rays(K, H, W)
     p = torch.cross(d, m, dim=-1)
+    pp = _dot(p, p)
     vb = valid.bool()
     w_r = valid
     for _ in range(iterations if robust else 1):
@@ -171,26 +183,26 @@ def _fit_known_k(d, m, valid, K, H, W, robust: bool, iterations: int, seed: int)
     if not robust:
         return Rt.transpose(1, 2), _solve_centers(d, p, valid), e_ang
     # distance floor relative to the scene: rays' distance from the origin (|p|) sets the scale
-    dist_floor = ANGLE_FLOOR * torch.linalg.norm(p, dim=-1).amax(1, keepdim=True).clamp_min(1.0)
+    dist_floor = ANGLE_FLOOR * pp.amax(1, keepdim=True).sqrt().clamp_min(1.0)
     gen = torch.Generator().manual_seed(seed)
     hyp = torch.cat([_solve_centers(d, p, w_r)[:, None], _center_hypotheses(d, p, w_r, 32, gen)], 1)
     sub = torch.linspace(0, d.shape[1] - 1, min(d.shape[1], 96)).long()
-    e = torch.where(vb[:, None, sub], _ray_distances(hyp, d[:, sub], p[:, sub]), torch.inf)
+    e = torch.where(vb[:, None, sub], _ray_distances(hyp, d[:, sub], p[:, sub], pp[:, sub]), torch.inf)
     c = hyp[torch.arange(len(hyp)), e.median(-1).values.argmin(1)]
     for _ in range(iterations):
-        e_dist = _ray_distances(c[:, None], d, p)[:, 0]
+        e_dist = _ray_distances(c[:, None], d, p, pp)[:, 0]
         w_c = _cauchy(e_dist, _robust_scale(e_dist, vb, dist_floor), valid) * w_r
         c = _solve_centers(d, p, w_c, check=False)
     return Rt.transpose(1, 2), c, e_ang
 
 
-def _dlt_normal_matrix(w: torch.Tensor, d: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+def _dlt_normal_matrix(w: torch.Tensor, d: torch.Tensor, x: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
     """(..., 9, 9) sum_i w_i A_i^T A_i for the DLT rows A_i = [d_i]_x (I kron x_i^T) of d x (H x) = 0,
-    h = H row-major, as one matrix product: A^T A = (I - d d^T) kron (x x^T) for unit d.
-    w (..., N), d (..., N, 3), xx = x x^T flattened (..., N, 9)."""
-    P = torch.eye(3, dtype=d.dtype) - d[..., :, None] * d[..., None, :]
-    M = (w[..., None] * P.flatten(-2)).transpose(-1, -2) @ xx  # [(a, c), (j, k)]
-    return M.reshape(*M.shape[:-2], 3, 3, 3, 3).transpose(-3, -2).reshape(*M.shape[:-2], 9, 9)
+    h = H row-major. For unit d, A^T A = (I - d d^T) kron (x x^T) = I kron (x x^T) - g g^T with
+    g = d kron x. w (..., N), d (..., N, 3), x (..., N, 3), xx = x x^T flattened (..., N, 9)."""
+    g = (d[..., :, None] * x[..., None, :]).flatten(-2)
+    S = (w[..., None, :] @ xx).reshape(*w.shape[:-1], 3, 3)  # sum w x x^T
+    return torch.kron(torch.eye(3, dtype=d.dtype), S) - (g * w[..., None]).transpose(-1, -2) @ g
 
 
 def _null_homography(M: torch.Tensor) -> torch.Tensor:
@@ -202,7 +214,7 @@ def _homography_residual(Hm: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> 
     """Chord between d (..., N, 3) and +-normalise(H x), whichever sign is closer: a residual
     blind to the (arbitrary) sign of H."""
     y = x @ Hm.transpose(-1, -2)
-    cos = (d * y).sum(-1).abs() / torch.linalg.norm(y, dim=-1).clamp_min(1e-30)
+    cos = _dot(d, y).abs() / _dot(y, y).sqrt().clamp_min(1e-30)
     return torch.sqrt((2 - 2 * cos).clamp_min(0))
 
 
@@ -219,13 +231,14 @@ def fit_ray_homography(d, valid, H: int, W: int, robust: bool = True, samples: i
     x = x_pix @ T.T
     xx = (x[:, :, None] * x[:, None, :]).flatten(-2)
     B, N = d.shape[:2]
-    Hn = _null_homography(_dlt_normal_matrix(valid, d, xx))
+    Hn = _null_homography(_dlt_normal_matrix(valid, d, x, xx))
     if robust:
         gen = torch.Generator().manual_seed(seed)
         idx = torch.multinomial(valid, samples * 4, replacement=True, generator=gen)
         ds = torch.gather(d, 1, idx[..., None].expand(B, samples * 4, 3)).reshape(B, samples, 4, 3)
         ones = torch.ones(B, samples, 4, dtype=d.dtype)
-        hyp = _null_homography(_dlt_normal_matrix(ones, ds, xx[idx].reshape(B, samples, 4, 9)))
+        hyp = _null_homography(_dlt_normal_matrix(ones, ds, x[idx].reshape(B, samples, 4, 3),
+                                                   xx[idx].reshape(B, samples, 4, 9)))
         hyp = torch.cat([Hn[:, None], hyp], 1)
         sub = torch.linspace(0, N - 1, min(N, 128)).long()
         e = _homography_residual(hyp, d[:, None, sub], x[sub])
@@ -235,7 +248,7 @@ def fit_ray_homography(d, valid, H: int, W: int, robust: bool = True, samples: i
         for _ in range(iterations):
             e = _homography_residual(Hn, d, x)
             w = _cauchy(e, _robust_scale(e, vb, ANGLE_FLOOR), valid)
-            Hn = _null_homography(_dlt_normal_matrix(w, d, xx))
+            Hn = _null_homography(_dlt_normal_matrix(w, d, x, xx))
     return Hn @ T
 
 

@@ -162,6 +162,8 @@ class CameraTokenizer(_Tokenizer):
         Km = self.map_intrinsics(K, image_size)
         w2c = np.asarray(w2c.cpu() if isinstance(w2c, torch.Tensor) else w2c, dtype=np.float64)
         w2c = w2c[None] if w2c.ndim == 2 else w2c
+        if len(Km) == 1 and w2c.ndim == 3 and len(w2c) > 1:
+            Km = np.repeat(Km, len(w2c), axis=0)  # one K for all cameras
         if w2c.ndim != 3 or w2c.shape[1:] != (4, 4) or len(w2c) != len(Km):
             raise ValueError(f"w2c must be (4, 4) or (B, 4, 4) matching K's batch {len(Km)}, got {w2c.shape}")
         return plucker_map(Km, w2c, self.resolution, self.resolution).float()

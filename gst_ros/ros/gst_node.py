@@ -365,6 +365,8 @@ class GSTNode(LifecycleNode):
         self._latest[camera] = frame
         if self._reference is None:
             if camera == self.reference_camera and self.p("reference_from_first_frame"):
+                if K is None and self._camera_info_expected(camera):
+                    return   # a camera_info publisher exists: wait for its K before taking the reference
                 self._set_reference(rgb, K, f"first frame of {camera}", msg.header.stamp, msg.header.frame_id)
             else:
                 self._log_throttled(f"{camera}/noref", f"[{camera}] no reference view yet: publish one on "
@@ -372,6 +374,13 @@ class GSTNode(LifecycleNode):
                 return
         if self._worker is not None and self._worker.put(("camera", camera), frame):
             stats.on_dropped(stale=False)
+
+    def _camera_info_expected(self, camera: str) -> bool:
+        """True while use_camera_info is on, no K has arrived for `camera` and a camera_info
+        publisher for it exists (its first message is on the way)."""
+        if not self.p("use_camera_info") or camera in self._camera_K:
+            return False
+        return self.count_publishers(f"{camera}/{self.p('camera_info_topic')}") > 0
 
     def _on_reference_info(self, msg: CameraInfo) -> None:
         try:

@@ -1,0 +1,155 @@
+"""The end-to-end command: render -> train tokenizers -> pre-tokenise -> train transformer -> evaluate.
+
+    python -m training.pipeline --quick --out outputs/pipeline_quick     # minutes on a CPU (tests, CI)
+    python -m training.pipeline --out outputs/pipeline                   # the bigger default (hours on a CPU)
+
+Steps (each skipped when its output already exists, so a re-run resumes where it stopped):
+1. `gst render` a synthetic multi-view data set (pybullet) into <out>/data
+   (splits train / test_views (seen objects) / test_objects (unseen objects));
+2. train the image and the camera tokenizer (training/train_tokenizer.py) into <out>/tokenizers/*;
+3. pre-tokenise the train and test_views splits (training/pretokenize.py) into <out>/tokens/*;
+4. train the transformer (training/train_gst.py) into <out>/gst; it exports <out>/gst/model, a
+   model directory the engine and the ROS node load;
+5. evaluate through the engine on test_views (seen) and test_objects (unseen) with the OpenCV,
+   identity and chance baselines (training/evaluate.py) into <out>/eval (results.md, CSVs, PNG grids).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class PipelineSize:
+    scenes: int
+    views: int
+    image_size: int
+    image_tokenizer: dict       # train_tokenizer config overrides
+    camera_tokenizer: dict
+    pairs_per_scene: int
+    gst_config: str
+    gst_overrides: dict
+    eval_scenes: int
+    eval_views: int
+    eval_samples: int
+
+
+QUICK = PipelineSize(
+    scenes=12, views=6, image_size=64,
+    image_tokenizer={"preset": "image-small", "steps": 60, "batch_size": 8, "eval_every": 30, "sample_every": 60,
+                     "ckpt_every": 60, "disc_weight": 0.0,
+                     "model": {"resolution": 32, "ch_mult": [1, 1, 2, 2], "codebook_size": 256}},
+    camera_tokenizer={"preset": "camera-small", "steps": 60, "batch_size": 16, "eval_every": 30, "sample_every": 60,
+                      "ckpt_every": 60, "model": {"resolution": 16, "codebook_size": 128}},
+    pairs_per_scene=12, gst_config="gst_tiny_cpu.yaml",
+    gst_overrides={"max_steps": 60, "batch_size": 16, "ckpt_every": 30, "log_every": 10, "warmup_steps": 5},
+    eval_scenes=3, eval_views=2, eval_samples=2)
+
+DEFAULT = PipelineSize(
+    scenes=200, views=12, image_size=128,
+    image_tokenizer={"preset": "image-small", "steps": 3000},
+    camera_tokenizer={"preset": "camera-small", "steps": 3000},
+    pairs_per_scene=32, gst_config="gst_small_cpu.yaml", gst_overrides={"max_steps": 5000},
+    eval_scenes=20, eval_views=3, eval_samples=4)
+
+
+def _stage(name: str, done: bool) -> bool:
+    print(f"== {name}{' (already done, skipped)' if done else ''}", file=sys.stderr, flush=True)
+    return not done
+
+
+def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) -> dict:
+    """Run every stage into `out`; returns {"table": evaluation rows, "paths": {...}, "seconds": {...}}."""
+    from gst_ros.cli import main as gst_main
+    from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
+    from training import evaluate, pretokenize, train_gst, train_tokenizer
+    from training.datasets import build_dataset
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, tok, tokens, gst_dir, eval_dir = (out / d for d in ("data", "tokenizers", "tokens", "gst", "eval"))
+    seconds = {}
+
+    t = time.perf_counter()
+    if _stage("1/5 render synthetic data", (data / "manifest.json").is_file()):
+        rc = gst_main(["render", "--out", str(data), "--scenes", str(size.scenes), "--views", str(size.views),
+                       "--size", str(size.image_size), "--seed", str(seed), "--objects", "mixed",
+                       "--workers", "1", "--test-object-fraction", "0.25", "--test-view-fraction", "0.34",
+                       *([] if progress else ["--quiet"])])
+        if rc != 0:
+            raise RuntimeError(f"gst render failed with status {rc}")
+    seconds["render"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tok_dirs = {}
+    for kind, over in (("image", size.image_tokenizer), ("camera", size.camera_tokenizer)):
+        d = tok / kind
+        tok_dirs[kind] = d / "model"
+        if _stage(f"2/5 train the {kind} tokenizer", (d / "model" / "config.json").is_file()):
+            # "builtin" data: the tokenizer trainer's synthetic reader needs a "val" split, which
+            # `gst render` does not write (see docs/training.md)
+            cfg = train_tokenizer.load_config(None, kind=kind, dataset="builtin", out=str(d), seed=seed, **over)
+            train_tokenizer.train(cfg, progress=progress)
+    seconds["tokenizers"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    itok, ctok = ImageTokenizer.from_dir(tok_dirs["image"]), CameraTokenizer.from_dir(tok_dirs["camera"])
+    for split in ("train", "test_views"):
+        if _stage(f"3/5 pre-tokenise {split}", (tokens / split / "manifest.json").is_file()):
+            reader = build_dataset("synthetic", data, split)
+            pretokenize.pretokenize(reader, itok, ctok, tokens / split, size.pairs_per_scene, seed,
+                                    metadata={"dataset": "synthetic", "root": str(data), "split": split,
+                                              "image_tokenizer": str(tok_dirs["image"].resolve()),
+                                              "camera_tokenizer": str(tok_dirs["camera"].resolve())},
+                                    progress=progress)
+    seconds["pretokenize"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model_dir = gst_dir / train_gst.MODEL_DIR
+    cfg = train_gst.load_config(REPO / "training" / "configs" / size.gst_config,
+                                {"shards": str(tokens / "train"), "val_shards": str(tokens / "test_views"),
+                                 "seed": seed, **size.gst_overrides})
+    if _stage("4/5 train the transformer", (model_dir / "gst" / "config.json").is_file()):
+        train_gst.train(cfg, gst_dir, progress=progress)
+    seconds["train_gst"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _stage("5/5 evaluate", False)
+    from gst_ros.engine.engine import EngineConfig, GSTEngine
+
+    engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", seed=seed))
+    scenes = []
+    for split, group in (("test_views", "seen"), ("test_objects", "unseen")):
+        scenes += evaluate.scenes_from_reader(build_dataset("synthetic", data, split), group, size.eval_views,
+                                              size.eval_scenes)
+    res = evaluate.evaluate_scenes(scenes, engine, samples=size.eval_samples, seed=seed, progress=progress)
+    table = evaluate.write_report(res, eval_dir, title="GST pipeline evaluation")
+    seconds["evaluate"] = time.perf_counter() - t
+    return {"table": table, "seconds": seconds,
+            "paths": {"data": str(data), "tokens": str(tokens), "model_dir": str(model_dir), "eval": str(eval_dir)}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output directory (a re-run resumes finished stages)")
+    ap.add_argument("--quick", action="store_true", help="the minutes-sized run for tests and CI")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    res = run_pipeline(args.out, QUICK if args.quick else DEFAULT, args.seed, progress=not args.no_progress)
+    from training.evaluate import markdown_table
+
+    print(markdown_table(res["table"]))
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()))
+    print(f"model directory: {res['paths']['model_dir']}; evaluation: {res['paths']['eval']}/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
