@@ -259,3 +259,31 @@ def test_default_model_dir_points_at_gst_small():
     d = default_model_dir()
     assert d.name == "gst_small" and d.parent.name == "models"
     assert EngineConfig().model_dir == str(d)
+
+
+def test_degenerate_sampled_rays_are_dropped_not_fatal(engine, monkeypatch):
+    """A sample whose decoded rays admit no camera is left out; when none fits: RuntimeError."""
+    from gst_ros.geometry import GeometryError
+
+    tok = engine.camera_tokenizer
+    real = type(tok).decode
+    calls = []
+
+    def flaky(self, tokens, K=None, image_size=None):
+        calls.append(len(tokens))
+        if len(tokens) > 1 or len(calls) == 2:  # the batch fails, then the first single sample
+            raise GeometryError("rays are all parallel")
+        return real(self, tokens, K=K, image_size=image_size)
+
+    monkeypatch.setattr(type(tok), "decode", flaky)
+    est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=3, seed=0)
+    assert est.samples_w2c.shape == (2, 4, 4) and calls == [3, 1, 1, 1]
+    views = engine.propose_views(image(seed=1), n=3, K_obs=K_WIDE, seed=0)
+    assert len(views) == 3  # calls now > 2: only batches fail, every single sample fits
+
+    def broken(self, tokens, K=None, image_size=None):
+        raise GeometryError("rays are all parallel")
+
+    monkeypatch.setattr(type(tok), "decode", broken)
+    with pytest.raises(RuntimeError, match="degenerate"):
+        engine.estimate_pose(image(seed=1), image(seed=2), samples=2, seed=0)

@@ -119,7 +119,8 @@ def test_identity_baseline_through_evaluate_scenes():
     eyes = [np.array([2.0, 0.0, 0.5]), np.array([0.0, 2.0, 0.5]), np.array([-1.4, 1.4, 1.0])]
     w2c = np.stack([look_at(e, [0, 0, 0]) for e in eyes])
     K = np.array([[50.0, 0, 31.5], [0, 50.0, 31.5], [0, 0, 1]])
-    scene = evaluate.EvalScene(np.zeros((3, 64, 64, 3), np.uint8), np.stack([K] * 3), w2c, "s0", "cat", "seen")
+    images = np.zeros((3, 64, 64, 3), np.uint8)
+    scene = evaluate.EvalScene(images, np.stack([K] * 3), w2c, "s0", "cat", "seen")
     res = evaluate.evaluate_scenes([scene], engine=None, methods=("identity",), progress=False)
     errs = np.array([r["rot_err_deg"] for r in res["pairs"]])
     base = np.array([r["baseline_deg"] for r in res["pairs"]])
@@ -153,8 +154,9 @@ def _textured_scene_pair(size=384):
                 t = p.loadTexture(path, physicsClientId=cid)
                 vs = p.createVisualShape(p.GEOM_BOX, halfExtents=rng.uniform(0.15, 0.35, 3).tolist(),
                                          physicsClientId=cid)
+                quat = p.getQuaternionFromEuler(rng.uniform(-1, 1, 3).tolist())
                 b = p.createMultiBody(0, -1, vs, basePosition=rng.uniform(-0.6, 0.6, 3).tolist(),
-                                      baseOrientation=p.getQuaternionFromEuler(rng.uniform(-1, 1, 3).tolist()),
+                                      baseOrientation=quat,
                                       physicsClientId=cid)
                 p.changeVisualShape(b, -1, textureUniqueId=t, rgbaColor=[1, 1, 1, 1], physicsClientId=cid)
             f = size * 330 / 384

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from test_training_trainer import TINY, make_shards
+
 from training.distributed import DistInfo, free_port, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,8 @@ def _run(tmp_path, name, cfg, nproc):
 
 # dropouts inside the model draw per-process random numbers: off for an exact comparison
 # (condition dropout and task draws are per global sample, so they stay on)
-OVERRIDES = {"dim": 64, "n_layer": 1, "n_head": 1, "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0}
+OVERRIDES = {"dim": 64, "n_layer": 1, "n_head": 1,
+             "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def single_run(tmp_path_factory):
     """(tmp dir, base config, log, weights) of the one-process reference run."""
     tmp = tmp_path_factory.mktemp("dist")
     shards = make_shards(tmp / "shards")
-    base = {**TINY, "shards": str(shards), "max_steps": 3, "model_overrides": OVERRIDES, "cond_drop_prob": 0.25}
+    base = {**TINY, "shards": str(shards), "max_steps": 3, "model_overrides": OVERRIDES,
+            "cond_drop_prob": 0.25}
     log, w = _run(tmp, "single", {**base, "strategy": "none"}, 1)
     return tmp, base, log, w
 

@@ -145,7 +145,8 @@ def synthetic_samples(n_scenes, n_views, size=48, seed=0):
             az, el = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.8)
             eyes.append(2.0 * np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)]))
         w2c = np.stack([look_at(e, [0, 0, 0]) for e in eyes])
-        K = np.tile(np.array([[40.0, 0, (size - 1) / 2], [0, 40.0, (size - 1) / 2], [0, 0, 1]]), (n_views, 1, 1))
+        c = (size - 1) / 2
+        K = np.tile(np.array([[40.0, 0, c], [0, 40.0, c], [0, 0, 1]]), (n_views, 1, 1))
         imgs = rng.integers(0, 256, (n_views, size, size + 8, 3), dtype=np.uint8)  # not square: gets cropped
         out.append(MultiViewSample(imgs, K, w2c, scene_id=f"scene{s}", category="toy"))
     return out
@@ -183,7 +184,8 @@ def test_pretokenize_matches_tokenizers_and_counts_skips(tmp_path):
     # same rotation as the raw relative pose; translation rescaled (observation 1 from the centre)
     np.testing.assert_allclose(rel[:3, :3], relative_pose(sample.w2c[a], sample.w2c[b])[:3, :3], atol=1e-9)
     assert np.linalg.norm(sample.w2c[a][:3, 3]) == pytest.approx(2.0)
-    np.testing.assert_allclose(rel[:3, 3], relative_pose(sample.w2c[a], sample.w2c[b])[:3, 3] / 2.0, atol=1e-6)
+    raw_t = relative_pose(sample.w2c[a], sample.w2c[b])[:3, 3]
+    np.testing.assert_allclose(rel[:3, 3], raw_t / 2.0, atol=1e-6)
     np.testing.assert_array_equal(item["camera"].numpy(),
                                   ctok.encode(K_b, rel, image_size=32).reshape(-1).numpy())
     # the same seed draws the same pairs

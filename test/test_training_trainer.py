@@ -155,7 +155,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     resumed = subprocess.run(cmd(run), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at step {ckpt_step}" in resumed.stderr
-    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert ref.returncode == 0, ref.stderr
     # identical state: same weights bit for bit, same logged losses at every step
     a = load_file(run / "model/gst/model.safetensors")

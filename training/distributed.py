@@ -14,9 +14,11 @@ gradient average equals the single-process gradient.
 
 Strategies: "none" (single process), "ddp" (DistributedDataParallel: every rank holds the whole
 model), "fsdp" (FSDP2 `fully_shard`, one unit per transformer block, parameters, gradients and
-optimizer state sharded; bf16 mixed precision on CUDA; works on CPU with gloo too). Checkpoints always hold the full,
-unsharded state (`full_model_state` / `full_optim_state`), written by rank 0, so a run can
-resume under another strategy or world size.
+optimizer state sharded; bf16 mixed precision on CUDA; works on CPU with gloo too).
+Checkpoints always hold the full, unsharded state (FullStateView), written by rank 0, so a run
+can resume with another world size (the optimizer state of an FSDP checkpoint is keyed by
+parameter name, that of a DDP / single-process one by index: switching between FSDP and the
+others needs a fresh optimizer).
 """
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ def summarize_pose(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
                 row[f"RRA@{t:g}"] = category_averaged_accuracy(err, cat, t)
             for name, lo, hi in ANGLE_BINS:
                 m = (base >= lo) & (base < hi)
-                row[f"RRA@{thresholds[0]:g} {name}"] = category_averaged_accuracy(err[m], cat[m], thresholds[0])
+                acc = category_averaged_accuracy(err[m], cat[m], thresholds[0])
+                row[f"RRA@{thresholds[0]:g} {name}"] = acc
                 row[f"pairs {name}"] = int(m.sum())
             out.append(row)
         row = {"method": "chance", "group": group, "pairs": 0}
@@ -159,8 +160,8 @@ def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
     failed = 0
     for j in range(1, n):
         if method == "gst":
-            est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0], K_target=scene.K[j],
-                                       samples=samples, seed=seed + j)
+            est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0],
+                                       K_target=scene.K[j], samples=samples, seed=seed + j)
             pred[j] = est.w2c
         elif method == "opencv":
             res = baselines.essential_matrix_pose(scene.images[0], scene.images[j], scene.K[0], scene.K[j])
@@ -173,8 +174,9 @@ def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
     return pred, failed
 
 
-def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, samples: int = 4, seed: int = 0,
-                    nvs: bool = True, lpips: LPIPSMetric | None = None, progress: bool = True) -> dict:
+def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, samples: int = 4,
+                    seed: int = 0, nvs: bool = True, lpips: LPIPSMetric | None = None,
+                    progress: bool = True) -> dict:
     """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
     (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred)] images}."""
     pair_rows, scene_rows, nvs_rows, grids = [], [], [], []
@@ -199,7 +201,8 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, 
                 except GeometryError:  # e.g. all predicted centres coincide (identity): nothing aligns
                     cc = 0.0
             scene_rows.append({"method": method, "group": scene.group, "category": scene.category,
-                               "scene": scene.scene_id, "cc_acc@0.1": cc, "failed": failed, "estimates": n - 1})
+                               "scene": scene.scene_id, "cc_acc@0.1": cc, "failed": failed,
+                               "estimates": n - 1})
         if nvs and engine is not None:
             size = engine.image_size
             obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
@@ -223,10 +226,9 @@ def summarize(results: dict) -> list[dict]:
     failed estimates (fallen back to the identity) and NVS means."""
     table = summarize_pose(results["pairs"])
     for row in table:
-        cc = [r["cc_acc@0.1"] for r in results["scenes"]
-              if r["method"] == row["method"] and r["group"] == row["group"] and not np.isnan(r["cc_acc@0.1"])]
-        row["CC@0.1"] = float(np.mean(cc)) if cc else float("nan")
         runs = [r for r in results["scenes"] if r["method"] == row["method"] and r["group"] == row["group"]]
+        cc = [r["cc_acc@0.1"] for r in runs if not np.isnan(r["cc_acc@0.1"])]
+        row["CC@0.1"] = float(np.mean(cc)) if cc else float("nan")
         if runs:
             row["failed"] = float(sum(r["failed"] for r in runs) / max(1, sum(r["estimates"] for r in runs)))
     for method in ("gst", "copy observation"):
@@ -267,7 +269,8 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(results)
-    for name, rows in (("results.csv", table), ("per_pair.csv", results["pairs"]), ("nvs.csv", results["nvs"])):
+    files = (("results.csv", table), ("per_pair.csv", results["pairs"]), ("nvs.csv", results["nvs"]))
+    for name, rows in files:
         log = CSVLogger(out / name, resume=False)
         for r in rows:
             log.log(**r)
@@ -277,8 +280,8 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
     (out / "results.md").write_text("\n".join(md))
     grids = results["grids"][:max_grid_rows]
     if grids:
-        save_image_grid([im for row in grids for im in row], out / "grids" / "nvs_observation_truth_prediction.png",
-                        ncols=3)
+        save_image_grid([im for row in grids for im in row],
+                        out / "grids" / "nvs_observation_truth_prediction.png", ncols=3)
     return table
 
 

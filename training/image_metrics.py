@@ -21,7 +21,8 @@ def to_float_images(images, channels_first: bool = False) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
-        raise ValueError(f"images must be (H,W,C) or (B,H,W,C) (or (B,C,H,W) channels first), got {tuple(x.shape)}")
+        raise ValueError(f"images must be (H,W,C) or (B,H,W,C) (or (B,C,H,W) channels first), "
+                         f"got {tuple(x.shape)}")
     if not channels_first:
         x = x.permute(0, 3, 1, 2)
     if x.dtype == torch.uint8:
@@ -29,7 +30,8 @@ def to_float_images(images, channels_first: bool = False) -> torch.Tensor:
     elif x.dtype.is_floating_point:
         x = x.double()
         if x.numel() and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-            raise ValueError(f"float images must lie in [0, 1], got range [{float(x.min()):.3f}, {float(x.max()):.3f}]")
+            raise ValueError(f"float images must lie in [0, 1], got range "
+                             f"[{float(x.min()):.3f}, {float(x.max()):.3f}]")
     else:
         raise ValueError(f"images must be uint8 or float, got {x.dtype}")
     return x

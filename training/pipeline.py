@@ -41,11 +41,12 @@ class PipelineSize:
 
 QUICK = PipelineSize(
     scenes=12, views=6, image_size=64,
-    image_tokenizer={"preset": "image-small", "steps": 60, "batch_size": 8, "eval_every": 30, "sample_every": 60,
-                     "ckpt_every": 60, "disc_weight": 0.0,
+    image_tokenizer={"preset": "image-small", "steps": 60, "batch_size": 8, "eval_every": 30,
+                     "sample_every": 60, "ckpt_every": 60, "disc_weight": 0.0,
                      "model": {"resolution": 32, "ch_mult": [1, 1, 2, 2], "codebook_size": 256}},
-    camera_tokenizer={"preset": "camera-small", "steps": 60, "batch_size": 16, "eval_every": 30, "sample_every": 60,
-                      "ckpt_every": 60, "model": {"resolution": 16, "codebook_size": 128}},
+    camera_tokenizer={"preset": "camera-small", "steps": 60, "batch_size": 16, "eval_every": 30,
+                      "sample_every": 60, "ckpt_every": 60,
+                      "model": {"resolution": 16, "codebook_size": 128}},
     pairs_per_scene=12, gst_config="gst_tiny_cpu.yaml",
     gst_overrides={"max_steps": 60, "batch_size": 16, "ckpt_every": 30, "log_every": 10, "warmup_steps": 5},
     eval_scenes=3, eval_views=2, eval_samples=2)
@@ -93,7 +94,8 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
         if _stage(f"2/5 train the {kind} tokenizer", (d / "model" / "config.json").is_file()):
             # "builtin" data: the tokenizer trainer's synthetic reader needs a "val" split, which
             # `gst render` does not write (see docs/training.md)
-            cfg = train_tokenizer.load_config(None, kind=kind, dataset="builtin", out=str(d), seed=seed, **over)
+            cfg = train_tokenizer.load_config(None, kind=kind, dataset="builtin", out=str(d), seed=seed,
+                                              **over)
             train_tokenizer.train(cfg, progress=progress)
     seconds["tokenizers"] = time.perf_counter() - t
 
@@ -131,7 +133,8 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
     table = evaluate.write_report(res, eval_dir, title="GST pipeline evaluation")
     seconds["evaluate"] = time.perf_counter() - t
     return {"table": table, "seconds": seconds,
-            "paths": {"data": str(data), "tokens": str(tokens), "model_dir": str(model_dir), "eval": str(eval_dir)}}
+            "paths": {"data": str(data), "tokens": str(tokens), "model_dir": str(model_dir),
+                      "eval": str(eval_dir)}}
 
 
 def main(argv=None) -> int:

@@ -89,7 +89,8 @@ def pretokenize(reader, image_tok: ImageTokenizer, camera_tok: CameraTokenizer, 
             if not np.isfinite(rel).all():
                 writer.skip("non-finite relative pose")
                 continue
-            img_codes = torch.cat([image_tok.encode(images[k:k + batch]) for k in range(0, len(images), batch)])
+            img_codes = torch.cat([image_tok.encode(images[k:k + batch])
+                                   for k in range(0, len(images), batch)])
             K_t = K[pairs[:, 1]]
             cam_codes = torch.cat([camera_tok.encode(K_t[k:k + batch], rel[k:k + batch], image_size=size)
                                    for k in range(0, len(pairs), batch)])
@@ -134,9 +135,11 @@ def main(argv=None) -> int:
     meta = {"dataset": args.data, "root": str(Path(args.root).resolve()), "split": args.split,
             "image_tokenizer": str(Path(args.image_tokenizer).resolve()),
             "camera_tokenizer": str(Path(args.camera_tokenizer).resolve())}
-    m = pretokenize(reader, itok, ctok, args.out, args.pairs_per_scene, args.seed, args.baseline_deg, args.scale,
-                    args.max_scenes, args.batch, args.pairs_per_shard, meta, progress=not args.no_progress)
-    print(f"{m['num_pairs']} pairs from {len(m['scenes'])} scenes in {len(m['shards'])} shard(s) -> {args.out}; "
+    m = pretokenize(reader, itok, ctok, args.out, args.pairs_per_scene, args.seed, args.baseline_deg,
+                    args.scale, args.max_scenes, args.batch, args.pairs_per_shard, meta,
+                    progress=not args.no_progress)
+    print(f"{m['num_pairs']} pairs from {len(m['scenes'])} scenes in {len(m['shards'])} shard(s) "
+          f"-> {args.out}; "
           f"skipped: {m['skipped'] or 'none'}")
     return 0
 

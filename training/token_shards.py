@@ -301,6 +301,7 @@ class TokenShardDataset(torch.utils.data.Dataset):
 
 def collate(items: list[dict]) -> dict:
     """Stack TokenShardDataset items into a batch dict of tensors."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("observation", "image", "camera", "rel_w2c", "K")}
+    keys = ("observation", "image", "camera", "rel_w2c", "K")
+    out = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["scene"] = torch.tensor([it["scene"] for it in items], dtype=torch.long)
     return out

@@ -188,7 +188,8 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
         sizes = {"dim", "n_layer", "n_head", "image_vocab", "camera_vocab", "grid"}
         bad = sorted(set(cfg.model_overrides) & sizes)
         if bad:
-            raise ValueError(f"model_overrides {bad} conflict with init_from (sizes come from the checkpoint)")
+            raise ValueError(f"model_overrides {bad} conflict with init_from "
+                             "(sizes come from the checkpoint)")
         return dataclasses.replace(base, **cfg.model_overrides)
     return gst_config(cfg.model, **{**cfg.model_overrides, **data})
 
@@ -306,8 +307,8 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
 
 # ------------------------------------------------------------------ export
 
-def export_model_dir(out: Path, model: torch.nn.Module, model_cfg: GSTConfig, cfg: TrainConfig, manifest: dict,
-                     step: int) -> Path:
+def export_model_dir(out: Path, model: torch.nn.Module, model_cfg: GSTConfig, cfg: TrainConfig,
+                     manifest: dict, step: int) -> Path:
     """Write the engine's model directory: out/gst (this transformer) and the two tokenizers
     copied from cfg.image_tokenizer / cfg.camera_tokenizer (default: the shards' manifest)."""
     out = Path(out)
@@ -417,7 +418,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         for k in range(cfg.grad_accum):
             tokens = next(it)
             sl = slice(k * micro, (k + 1) * micro)
-            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective, device)
+            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective,
+                                               device)
             with D.no_sync(wrapped, skip=k < cfg.grad_accum - 1):
                 with autocast_for(device, cfg):
                     loss = masked_cross_entropy(wrapped(inp), tgt, mask) / cfg.grad_accum
@@ -523,7 +525,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="max_steps override")
     ap.add_argument("--init-from", default=None, help="GST model dir or LlamaGen/GST .pt to start from")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
-    ap.add_argument("--export-only", action="store_true", help="export out/model from the checkpoint and exit")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export out/model from the checkpoint and exit")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     over = {"shards": args.shards, "val_shards": args.val_shards, "max_steps": args.steps,

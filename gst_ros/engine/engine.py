@@ -52,6 +52,7 @@ from gst_ros.engine import generation
 from gst_ros.engine.generation import SamplingConfig
 from gst_ros.engine.onnx_tokenizer import BACKENDS, load_tokenizer
 from gst_ros.geometry import (
+    GeometryError,
     check_intrinsics,
     check_pose,
     intrinsics_from_fov,
@@ -312,13 +313,31 @@ class GSTEngine:
         codes = self.camera_tokenizer.encode(K_sq, w2c, image_size=self.image_size)
         return codes.reshape(codes.shape[0], -1).to(self.device)
 
-    def _cameras(self, codes: torch.Tensor, K_sq) -> np.ndarray:
-        """(B,4,4) float64 w2c from sampled camera codes (B, n): decode to Plücker maps, then
-        cameras_from_plucker with the known K_sq (model resolution), or estimate K when None."""
+    def _cameras(self, codes: torch.Tensor, K_sq) -> tuple[np.ndarray, list[int]]:
+        """(w2c (k,4,4) float64, indices of the k samples it holds) from sampled camera codes
+        (B, n): decode to Plücker maps, then cameras_from_plucker with the known K_sq (model
+        resolution), or estimating K when None. A sample whose decoded rays are degenerate (e.g.
+        all parallel: no camera centre) is left out; RuntimeError when none is usable."""
         g = self.grid
-        fit = self.camera_tokenizer.decode(codes.reshape(-1, g, g).cpu(),
-                                           K=K_sq, image_size=self.image_size if K_sq is not None else None)
-        return fit.w2c.detach().cpu().numpy().astype(np.float64)
+        size = self.image_size if K_sq is not None else None
+        grids = codes.reshape(-1, g, g).cpu()
+        try:
+            fit = self.camera_tokenizer.decode(grids, K=K_sq, image_size=size)
+            return fit.w2c.detach().cpu().numpy().astype(np.float64), list(range(len(grids)))
+        except GeometryError:
+            pass
+        kept, w2c = [], []
+        for i in range(len(grids)):
+            try:
+                fit = self.camera_tokenizer.decode(grids[i:i + 1], K=K_sq, image_size=size)
+            except GeometryError:
+                continue
+            kept.append(i)
+            w2c.append(fit.w2c[0].detach().cpu().numpy().astype(np.float64))
+        if not kept:
+            raise RuntimeError(f"the model's sampled camera rays are degenerate in all {len(grids)} samples "
+                               f"(no camera can be fitted): is the model trained?")
+        return np.stack(w2c), kept
 
     def _images(self, codes: torch.Tensor) -> np.ndarray:
         """(B, S, S, 3) uint8 RGB from image codes (B, n)."""
@@ -334,7 +353,9 @@ class GSTEngine:
         Samples `samples` camera-token grids from p(c | target, observation) ([o, <EST>, i] -> c),
         decodes each to a Plücker map and a camera (with K_target when known, else the
         homography route that also estimates the focal length) and averages them
-        (aggregate_pose_samples). K_obs / K_target: intrinsics of the images as given, or None."""
+        (aggregate_pose_samples). K_obs / K_target: intrinsics of the images as given, or None.
+        A sample whose decoded rays are degenerate (no camera fits) is left out of samples_w2c;
+        RuntimeError if none fits."""
         t0 = time.perf_counter()
         _check_count(samples, "samples")
         obs_sq, _ = self.prepare(observation, K_obs, "observation")
@@ -344,7 +365,7 @@ class GSTEngine:
             obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
             codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
                                              tgt_tok.expand(samples, -1), self.sampling, gen)
-        samples_w2c = self._cameras(codes, K_tgt if K_target is not None else None)
+        samples_w2c, _ = self._cameras(codes, K_tgt if K_target is not None else None)
         w2c, cov, conf, spread = aggregate_pose_samples(samples_w2c)
         return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
                             rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
@@ -368,7 +389,9 @@ class GSTEngine:
     def propose_views(self, observation, n: int = 4, K_obs=None, seed=None) -> list[PredictedView]:
         """n viewpoints sampled from p(c | o) ([o, <GEN>] -> c), each with its view from
         p(i | c, o) in the same pass. Cameras are recovered with the observation's intrinsics
-        (the proposals' images have the observation's K at the model resolution)."""
+        (the proposals' images have the observation's K at the model resolution). A proposal whose
+        decoded rays are degenerate (no camera fits) is left out, so fewer than n may come back;
+        RuntimeError if none fits."""
         _check_count(n, "n")
         obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
         gen = self._generator_for(seed)
@@ -376,9 +399,9 @@ class GSTEngine:
             obs_tok = self.image_tokens(obs_sq)
             cams, imgs = generation.propose_cameras(self.model, obs_tok.expand(n, -1), self.sampling, gen,
                                                     with_views=True)
-        w2c = self._cameras(cams, K_sq)
-        images = self._images(imgs)
-        return [PredictedView(image=images[i], K=K_sq.copy(), w2c=w2c[i]) for i in range(n)]
+        w2c, kept = self._cameras(cams, K_sq)
+        images = self._images(imgs[kept])
+        return [PredictedView(image=im, K=K_sq.copy(), w2c=T) for im, T in zip(images, w2c)]
 
     def unconditional_view(self, observation, K_obs=None, seed=None) -> PredictedView:
         """A view sampled from p(i | o) ([o, <EST>] -> i) with no camera given; its camera is then
@@ -391,7 +414,8 @@ class GSTEngine:
             prefix = build_prefix(vocab, layout, self.image_tokens(obs_sq), TASK_EST)
             ids = generation.generate_segments(self.model, prefix, ["image", "camera"], self.sampling, gen)
         img_codes, cam_codes = ids[:, : layout.n], vocab.ids_to_camera(ids[:, layout.n:])
-        return PredictedView(image=self._images(img_codes)[0], K=K_sq, w2c=self._cameras(cam_codes, K_sq)[0])
+        w2c, _ = self._cameras(cam_codes, K_sq)
+        return PredictedView(image=self._images(img_codes)[0], K=K_sq, w2c=w2c[0])
 
 
 def _check_image(image, name: str) -> tuple[int, int]:
