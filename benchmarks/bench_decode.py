@@ -3,8 +3,9 @@
 For each preset, batch size and CFG setting, samples the 512 tokens that follow the prefix
 [observation (n), <GEN>] of a 769-token sequence (16x16 grid: camera then image segment, i.e.
 camera proposals with views), with and without the KV cache, with random weights (speed does
-not depend on the weights). Prints tokens/s (generated tokens per second, per sequence of the
-batch: the batch produces `batch` times as many) and ms per generated token step.
+not depend on the weights). Prints tokens/s per sequence (= token steps per second), the same
+for the whole batch (batch x as many tokens), and ms per token step. The cached figures include
+the prefill of the 257-token prefix.
 
 Without the cache every step recomputes the whole prefix, so a full run is slow: by default
 only `--no-cache-steps` steps are timed, at sequence lengths spread evenly over the run, and the
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, fp32, "
           f"grid 16x16 (769-token sequence, 512 generated tokens)")
     header = f"{'preset':>6} {'params':>8} {'batch':>5} {'cfg':>4} {'kv-cache':>8} {'tok/s':>8} " \
-             f"{'ms/token':>9}  note"
+             f"{'batch tok/s':>11} {'ms/token':>9}  note"
     print(header)
     print("-" * len(header))
     for name in args.presets.split(","):
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
                             note += f"; extrapolated from {done} of {n_tok} steps"
                     print(f"{name:>6} {count_parameters(model) / 1e6:7.1f}M {batch:>5} "
                           f"{'on' if cfg is not None else 'off':>4} {'yes' if cache else 'no':>8} "
-                          f"{n_tok / secs:8.1f} {1000 * secs / n_tok:9.2f}  {note}", flush=True)
+                          f"{n_tok / secs:8.1f} {batch * n_tok / secs:11.1f} "
+                          f"{1000 * secs / n_tok:9.2f}  {note}", flush=True)
     return 0
 
 

@@ -283,7 +283,8 @@ def test_lifecycle_services(model_dir, tmp_path):
     """Without autostart the node waits unconfigured; configure / activate / deactivate through
     the standard lifecycle services of another process."""
     params = write_params(tmp_path / "p.yaml", {**BASE_PARAMS, "model_dir": str(model_dir),
-                                                "autostart": False, "candidate_count": 0})
+                                                "autostart": False, "candidate_count": 0,
+                                                "cameras": ["lc_cam"], "estimated_frames": [""]})
     proc = start_node(params, ["-r", "__node:=gst_lc"], log_path=tmp_path / "node.log")
     probe = Probe("gst_test_lifecycle")
     try:
@@ -291,7 +292,7 @@ def test_lifecycle_services(model_dir, tmp_path):
         change = probe.node.create_client(ChangeState, "gst_lc/change_state")
         assert probe.call(get, GetState.Request(), proc=proc).current_state.label == "unconfigured"
         tf = probe.record(TFMessage, "/tf", 100)
-        img = probe.publisher(Image, "cam0/image_raw")
+        img = probe.publisher(Image, "lc_cam/image_raw")   # a camera no other node listens to
         steps = ((Transition.TRANSITION_CONFIGURE, "inactive"), (Transition.TRANSITION_ACTIVATE, "active"))
         for tid, label in steps:
             assert probe.call(change, ChangeState.Request(transition=Transition(id=tid)), 60, proc).success
@@ -299,9 +300,9 @@ def test_lifecycle_services(model_dir, tmp_path):
         probe.wait_matched(img, proc=proc)
 
         def step():
-            if _transforms(tf, "cam0_estimated"):
+            if _transforms(tf, "lc_cam_estimated"):
                 return True
-            img.publish(numpy_to_image(rgb_image(H, W), frame_id="cam0_optical"))
+            img.publish(numpy_to_image(rgb_image(H, W), frame_id="lc_cam_optical"))
             for _ in range(5):
                 probe.executor.spin_once(timeout_sec=0.05)
             return False

@@ -18,21 +18,31 @@ TINY_CAMERA = dict(resolution=16, ch=16, ch_mult=[1, 2], num_res_blocks=1, z_cha
 
 @pytest.mark.slow
 def test_tiny_image_tokenizer_learns(tmp_path):
-    cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE, steps=150, batch_size=8,
-                      lr=2e-3, disc_start=120, eval_every=50, sample_every=150, ckpt_every=150,
+    cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE, steps=50, batch_size=8,
+                      lr=1e-3, disc_start=10**6, eval_every=25, sample_every=50, ckpt_every=50,
                       eval_batches=2, out=str(tmp_path))
     s = train(cfg, progress=False)
     first, last = s["initial_eval"]["val_mse"], s["final_eval"]["val_mse"]
-    assert last < 0.4 * first, (first, last)
+    # held-out images (not seen in training): MSE at least 25% lower than the untrained model's
+    assert last < 0.75 * first, (first, last)
     assert s["final_eval"]["val_usage"] > 0.05
     rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
-    assert rows[0]["step"] == "0" and rows[-1]["step"] == "150"
-    assert any(r.get("loss_disc") for r in rows)  # the discriminator switched on after disc_start
-    assert (tmp_path / "samples" / "step_000150.png").is_file()
+    assert rows[0]["step"] == "0" and rows[-1]["step"] == "50"
+    assert (tmp_path / "samples" / "step_000050.png").is_file()
     from gst_ros.models.tokenizer import ImageTokenizer
 
     tok = ImageTokenizer.from_dir(tmp_path / "model")
     assert tok.encode(np.zeros((32, 32, 3), np.uint8)).shape == (1, 8, 8)
+
+
+def test_discriminator_switches_on_after_disc_start(tmp_path):
+    cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE,
+                      steps=3, batch_size=2, disc_start=2, disc_ndf=8, eval_every=100, sample_every=100,
+                      ckpt_every=100, eval_batches=1, log_every=1, out=str(tmp_path))
+    train(cfg, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    assert [bool(r.get("loss_disc")) for r in rows[1:]] == [False, False, True]
+    assert rows[-1]["loss_gen"] != ""
 
 
 def test_camera_training_resume_is_exact(tmp_path):

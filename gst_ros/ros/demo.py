@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -194,6 +195,8 @@ def run_demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = ros_env()
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):   # this process's probe joins too
+        os.environ[key] = env[key]
     print(f"[demo] model {model}; ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
           f"discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}; logs in {out}")
     node = node_parameters({"model_dir": str(model), "device": cfg.device, "autostart": True,
