@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from functools import partial
 
 import torch
 
@@ -31,12 +32,15 @@ def median_ms(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--presets", nargs="+", default=["image-vq16", "image-small", "camera-small", "camera-vq4"])
+    ap.add_argument("--presets", nargs="+",
+                    default=["image-vq16", "image-small", "camera-small", "camera-vq4"],
+                    help="gst_ros.models.vq preset names")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'preset':<14}{'input':>12}{'enc torch':>11}{'enc onnx':>10}{'x':>6}{'dec torch':>11}{'dec onnx':>10}{'x':>6}")
+    print(f"{'preset':<14}{'input':>12}{'enc torch':>11}{'enc onnx':>10}{'x':>6}"
+          f"{'dec torch':>11}{'dec onnx':>10}{'x':>6}")
     for name in args.presets:
         torch.manual_seed(0)
         model = VQModel(preset(name)).eval()
@@ -47,12 +51,13 @@ def main() -> None:
             export_onnx(model, d)
             core = OnnxVQ(d, c)
             ids = model.encode_indices(x)
-            et = median_ms(lambda: model.encode_indices(x), args.reps)
-            eo = median_ms(lambda: core.encode_indices(x), args.reps)
-            dt = median_ms(lambda: model.decode_indices(ids), args.reps)
-            do = median_ms(lambda: core.decode_indices(ids), args.reps)
+            et = median_ms(partial(model.encode_indices, x), args.reps)
+            eo = median_ms(partial(core.encode_indices, x), args.reps)
+            dt = median_ms(partial(model.decode_indices, ids), args.reps)
+            do = median_ms(partial(core.decode_indices, ids), args.reps)
         shape = f"{c.in_channels}x{c.resolution}x{c.resolution}"
-        print(f"{name:<14}{shape:>12}{et:>9.1f}ms{eo:>8.1f}ms{et / eo:>5.2f}x{dt:>9.1f}ms{do:>8.1f}ms{dt / do:>5.2f}x",
+        print(f"{name:<14}{shape:>12}{et:>9.1f}ms{eo:>8.1f}ms{et / eo:>5.2f}x"
+              f"{dt:>9.1f}ms{do:>8.1f}ms{dt / do:>5.2f}x",
               flush=True)
 
 

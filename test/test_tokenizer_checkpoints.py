@@ -3,13 +3,13 @@ import json
 
 import pytest
 import torch
+from test_tokenizer_models import vq16_manifest
 
 from gst_ros.cli import main as gst_main
 from gst_ros.engine.checkpoints import CheckpointError, convert_state_dict, read_foreign_checkpoint
 from gst_ros.models.io import ModelFormatError
 from gst_ros.models.tokenizer import load_vq_model
 from gst_ros.models.vq import VQModel, preset
-from test_tokenizer_models import vq16_manifest
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,8 @@ def test_gpt_kinds_dispatch_to_gpt_import(monkeypatch):
 
     calls = []
     fake = types.ModuleType("gst_ros.engine.gpt_import")
-    fake.convert_gpt_state_dict = lambda kind, sd: calls.append(kind) or ({}, {}, {"mapped": [], "new": [], "dropped": []})
+    empty = {"mapped": [], "new": [], "dropped": []}
+    fake.convert_gpt_state_dict = lambda kind, sd: calls.append(kind) or ({}, {}, empty)
     monkeypatch.setitem(sys.modules, "gst_ros.engine.gpt_import", fake)
     convert_state_dict("gst-gpt", {"x": torch.zeros(1)})
     convert_state_dict("llamagen-gpt", {"x": torch.zeros(1)})

@@ -130,7 +130,8 @@ def test_quantizer_nearest_code_and_straight_through():
     assert torch.allclose(zq.permute(0, 2, 3, 1), q.codebook()[idx], atol=1e-6)
     zq.sum().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
-    assert float(losses.commitment.detach()) == pytest.approx(0.25 * float(losses.codebook.detach()), rel=1e-5)
+    commit, codebook = float(losses.commitment.detach()), float(losses.codebook.detach())
+    assert commit == pytest.approx(0.25 * codebook, rel=1e-5)
 
 
 def test_quantizer_usage_buffer_is_plain_and_updates_in_train_mode():

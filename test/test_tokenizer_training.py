@@ -48,14 +48,16 @@ def test_discriminator_switches_on_after_disc_start(tmp_path):
 def test_camera_training_resume_is_exact(tmp_path):
     common = dict(kind="camera", preset="camera-small", model=TINY_CAMERA, batch_size=4, lr=1e-3,
                   eval_every=1000, sample_every=1000, eval_batches=1)
-    straight = train(load_config(None, steps=6, ckpt_every=6, out=str(tmp_path / "a"), **common), progress=False)
+    straight = train(load_config(None, steps=6, ckpt_every=6, out=str(tmp_path / "a"), **common),
+                     progress=False)
     train(load_config(None, steps=3, ckpt_every=3, out=str(tmp_path / "b"), **common), progress=False)
     resumed = train(load_config(None, steps=6, ckpt_every=3, out=str(tmp_path / "b"), **common),
                     resume=True, progress=False)
     assert resumed["final_eval"]["val_mse"] == pytest.approx(straight["final_eval"]["val_mse"], rel=1e-5)
     from safetensors.torch import load_file
 
-    a, b = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
+    a = load_file(tmp_path / "a/model/model.safetensors")
+    b = load_file(tmp_path / "b/model/model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [r["step"] for r in csv.DictReader(open(tmp_path / "b/train_log.csv"))]
     assert steps == sorted(steps, key=int) and len(steps) == len(set(steps))
@@ -82,16 +84,16 @@ def test_checkpoint_restores_rng_and_rejects_mismatch(tmp_path):
     opt = torch.optim.Adam(net.parameters())
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
-    np.random.seed(5)
+    np.random.seed(5)  # noqa: NPY002 (the global RNG is what is restored)
     torch.manual_seed(5)
     save_training_state(tmp_path / "c.pt", 7, {"net": net}, {"opt": opt}, {"note": "x"})
-    expected = (np.random.rand(), torch.rand(1))
+    expected = (np.random.rand(), torch.rand(1))  # noqa: NPY002
     net2 = torch.nn.Linear(3, 2)
     opt2 = torch.optim.Adam(net2.parameters())
     step, extra = load_training_state(tmp_path / "c.pt", {"net": net2}, {"opt": opt2})
     assert step == 7 and extra == {"note": "x"}
     assert torch.equal(net2.weight, net.weight)
-    assert (np.random.rand(), torch.rand(1)) == expected
+    assert (np.random.rand(), torch.rand(1)) == expected  # noqa: NPY002
     assert opt2.state_dict()["state"][0]["step"] == 1
     with pytest.raises(TrainingCheckpointError, match="does not match"):
         load_training_state(tmp_path / "c.pt", {"net": torch.nn.Linear(3, 5)})

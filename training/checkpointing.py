@@ -25,7 +25,7 @@ class TrainingCheckpointError(RuntimeError):
 
 
 def rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (global RNG on purpose)
     state = {
         "python": random.getstate(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -41,7 +41,8 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -85,7 +86,8 @@ def load_training_state(path, modules: dict, optimizers: dict | None = None,
             raise TrainingCheckpointError(f"{path}: not a training checkpoint (no {key!r})")
     for name, module in modules.items():
         if name not in payload["modules"]:
-            raise TrainingCheckpointError(f"{path}: has no module {name!r} (has {sorted(payload['modules'])})")
+            raise TrainingCheckpointError(f"{path}: has no module {name!r} "
+                                          f"(has {sorted(payload['modules'])})")
         try:
             module.load_state_dict(payload["modules"][name], strict=True)
         except RuntimeError as e:

@@ -30,7 +30,8 @@ class CSVLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a resumed run repeats those steps)."""
-        keep = [r for r in self.rows if "step" not in r or r["step"] in ("", None) or int(float(r["step"])) <= step]
+        keep = [r for r in self.rows
+                if "step" not in r or r["step"] in ("", None) or int(float(r["step"])) <= step]
         if len(keep) != len(self.rows):
             self.rows = keep
             self._rewrite()

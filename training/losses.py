@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# VGG16 "features": conv widths with "M" = 2x2 max-pool; LPIPS taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+# VGG16 "features": conv widths, "M" = 2x2 max-pool; LPIPS taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 LPIPS_TAPS = (3, 8, 15, 22, 29)  # indices (in torchvision's features) of the ReLUs whose outputs are compared
 # LPIPS input scaling: x' = (x - shift) / scale, x in [-1, 1]
@@ -87,7 +87,8 @@ class PerceptualLoss(nn.Module):
                              f"({len(missing)} of {len(own)} tensors missing)")
         for k, v in own.items():
             if tuple(feats[k].shape) != tuple(v.shape):
-                raise ValueError(f"{vgg_path}: shape mismatch for 'features.{k}': file {tuple(feats[k].shape)} "
+                raise ValueError(f"{vgg_path}: shape mismatch for 'features.{k}': "
+                                 f"file {tuple(feats[k].shape)} "
                                  f"vs VGG16 {tuple(v.shape)}")
         loss.features.load_state_dict({k: feats[k].float() for k in own})
         if lins:
@@ -102,7 +103,8 @@ class PerceptualLoss(nn.Module):
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"perceptual loss takes two (B, 3, H, W) images, got {tuple(x.shape)}, {tuple(y.shape)}")
+            raise ValueError(f"perceptual loss takes two (B, 3, H, W) images, "
+                             f"got {tuple(x.shape)}, {tuple(y.shape)}")
         h_x, h_y = (x - self.shift) / self.scale, (y - self.shift) / self.scale
         total = x.new_zeros(x.shape[0])
         tap = 0

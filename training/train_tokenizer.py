@@ -81,7 +81,8 @@ class TrainConfig:
     sample_every: int = 200
     ckpt_every: int = 200
     # --usage-sweep: (codebook size, dim) pairs and steps per run
-    sweep: list = field(default_factory=lambda: [[1024, 4], [2048, 2], [2048, 4], [2048, 8], [4096, 2], [4096, 4]])
+    sweep: list = field(default_factory=lambda: [[1024, 4], [2048, 2], [2048, 4], [2048, 8],
+                                                 [4096, 2], [4096, 4]])
     sweep_steps: int = 300
 
     def __post_init__(self):
@@ -270,7 +271,8 @@ def save_samples(model: VQModel, x: torch.Tensor, kind: str, path: Path) -> None
         imgs = list(from_model_tensor(x)) + list(from_model_tensor(y))
     else:
         scale = max(1, 64 // x.shape[-1])
-        imgs = [np.kron(im, np.ones((scale, scale, 1), np.uint8)) for im in (*_plucker_rgb(x), *_plucker_rgb(y))]
+        block = np.ones((scale, scale, 1), np.uint8)
+        imgs = [np.kron(im, block) for im in (*_plucker_rgb(x), *_plucker_rgb(y))]
     save_image_grid(imgs, path, ncols=len(x))
 
 
@@ -294,7 +296,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if cfg.perceptual_weights and cfg.perceptual_weight > 0:
             perceptual = PerceptualLoss.from_file(cfg.perceptual_weights, cfg.lpips_lin_weights).to(device)
             messages.append(f"perceptual loss ON (VGG16 weights {cfg.perceptual_weights}"
-                            f"{', LPIPS layer weights' if perceptual.has_lpips_weights else ', uniform layer weights'})")
+                            f", {'LPIPS' if perceptual.has_lpips_weights else 'uniform'} layer weights)")
         else:
             messages.append("perceptual loss OFF (no VGG16 weights file given: set perceptual_weights)")
         if cfg.disc_weight > 0:
@@ -368,7 +370,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             log.log(step=done, **metrics)
             bar.set_postfix(rec=f"{rec.item():.4f}", usage=f"{res.losses.usage:.3f}")
         if done % cfg.sample_every == 0 or done == cfg.steps:
-            save_samples(model, source.batch(0, "val", 8).to(device), cfg.kind, out / "samples" / f"step_{done:06d}.png")
+            save_samples(model, source.batch(0, "val", 8).to(device), cfg.kind,
+                         out / "samples" / f"step_{done:06d}.png")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_training_state(ckpt_path, done, modules, optimizers, {"initial_eval": initial})
             export_model(model, out / "model", cfg, done)
@@ -399,7 +402,8 @@ def usage_sweep(cfg: TrainConfig, progress: bool = True) -> list[dict]:
                                       sample_every=10 ** 9, eval_every=10 ** 9, ckpt_every=cfg.sweep_steps)
         summary = train(run_cfg, progress=progress)
         f = summary["final_eval"]
-        rows.append({"codebook_size": int(size), "dim": int(dim), "usage": f["val_usage"], "val_mse": f["val_mse"]})
+        rows.append({"codebook_size": int(size), "dim": int(dim), "usage": f["val_usage"],
+                     "val_mse": f["val_mse"]})
     log = CSVLogger(Path(cfg.out) / "usage_sweep.csv", resume=False)
     for r in rows:
         log.log(**r)
@@ -425,7 +429,8 @@ def main(argv=None) -> int:
         return 0
     s = train(cfg, resume=args.resume, progress=not args.no_progress)
     a, b = s["initial_eval"], s["final_eval"]
-    print(f"held-out MSE {a['val_mse']:.4g} -> {b['val_mse']:.4g}, codebook usage {100 * b['val_usage']:.1f}%; "
+    print(f"held-out MSE {a['val_mse']:.4g} -> {b['val_mse']:.4g}, "
+          f"codebook usage {100 * b['val_usage']:.1f}%; "
           f"model: {s['model_dir']}")
     return 0
 

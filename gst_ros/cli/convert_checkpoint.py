@@ -17,7 +17,7 @@ def add_arguments(parser):
     from gst_ros.engine.checkpoints import KINDS
 
     parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="what the input file holds")
-    parser.add_argument("input", help="foreign checkpoint (.pt/.pth/.ckpt loaded weights_only, or .safetensors)")
+    parser.add_argument("input", help="checkpoint (.pt/.pth/.ckpt, loaded weights_only; or .safetensors)")
     parser.add_argument("output", help="model directory to write")
     parser.add_argument("--quiet", action="store_true", help="print only the totals")
 

@@ -40,7 +40,8 @@ def run(args) -> int:
     model = load_vq_model(args.model_dir)
     cfg = model.config
     core = OnnxVQ(enc.parent, cfg)
-    x = torch.rand(2, cfg.in_channels, cfg.resolution, cfg.resolution, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g)
     x = x * 2 - 1
     ids_t, ids_o = model.encode_indices(x), core.encode_indices(x)
     same = float((ids_t == ids_o).float().mean())

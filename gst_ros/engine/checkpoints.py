@@ -28,7 +28,8 @@ import torch
 from gst_ros.models.io import ModelFormatError
 from gst_ros.models.vq import VQConfig, VQModel
 
-VQ_KINDS = {"llamagen-vq": "image_tokenizer", "gst-image": "image_tokenizer", "gst-camera": "camera_tokenizer"}
+VQ_KINDS = {"llamagen-vq": "image_tokenizer", "gst-image": "image_tokenizer",
+            "gst-camera": "camera_tokenizer"}
 GPT_KINDS = {"llamagen-gpt": "gst", "gst-gpt": "gst"}
 KINDS = {**VQ_KINDS, **GPT_KINDS}  # conversion kind -> gst_ros.models.io model kind
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -61,7 +62,7 @@ def read_foreign_checkpoint(path) -> dict[str, torch.Tensor]:
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path}: refusing to unpickle code objects in this checkpoint ({msg})") from e
+            raise CheckpointError(f"{path}: refusing to unpickle code objects ({msg})") from e
         raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({msg})") from e
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "ema"):
@@ -69,7 +70,8 @@ def read_foreign_checkpoint(path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: expected a dict of tensors (or one under 'model'), got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a dict of tensors (or one under 'model'), "
+                              f"got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entry {bad[0]!r} is a {type(obj[bad[0]]).__name__}, not a tensor "

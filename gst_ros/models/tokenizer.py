@@ -132,7 +132,8 @@ class ImageTokenizer(_Tokenizer):
         return self._encode(images_to_tensor(images))
 
     def decode(self, tokens) -> torch.Tensor:
-        """(B, h, w) / (h, w) int64 -> float32 (B, 3, H, W) RGB in [-1, 1] (pixels: preprocess.from_model_tensor)."""
+        """(B, h, w) / (h, w) int64 -> float32 (B, 3, H, W) RGB in [-1, 1]
+        (uint8 pixels: gst_ros.preprocess.from_model_tensor)."""
         return self._decode(tokens)
 
 
