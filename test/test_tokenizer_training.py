@@ -18,17 +18,17 @@ TINY_CAMERA = dict(resolution=16, ch=16, ch_mult=[1, 2], num_res_blocks=1, z_cha
 
 @pytest.mark.slow
 def test_tiny_image_tokenizer_learns(tmp_path):
-    cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE, steps=50, batch_size=8,
-                      lr=1e-3, disc_start=10**6, eval_every=25, sample_every=50, ckpt_every=50,
+    cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE, steps=200, batch_size=8,
+                      lr=1e-3, disc_start=10**6, eval_every=100, sample_every=200, ckpt_every=200,
                       eval_batches=2, out=str(tmp_path))
     s = train(cfg, progress=False)
     first, last = s["initial_eval"]["val_mse"], s["final_eval"]["val_mse"]
-    # held-out images (not seen in training): MSE at least 25% lower than the untrained model's
-    assert last < 0.75 * first, (first, last)
+    # held-out images (not seen in training): MSE at least 40% below the untrained model's (~60% seen)
+    assert last < 0.6 * first, (first, last)
     assert s["final_eval"]["val_usage"] > 0.05
     rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
-    assert rows[0]["step"] == "0" and rows[-1]["step"] == "50"
-    assert (tmp_path / "samples" / "step_000050.png").is_file()
+    assert rows[0]["step"] == "0" and rows[-1]["step"] == "200"
+    assert (tmp_path / "samples" / "step_000200.png").is_file()
     from gst_ros.models.tokenizer import ImageTokenizer
 
     tok = ImageTokenizer.from_dir(tmp_path / "model")
