@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from gst_ros.models.io import save_model_dir
@@ -74,11 +73,3 @@ def make_small_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_s
     return make_random_model(root, image, camera, g, seed, onnx, name)
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    """Run a test module with one torch thread (restored afterwards): the tiny model's ops are
-    so small that intra-op threads only add overhead, badly so on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

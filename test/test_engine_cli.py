@@ -8,14 +8,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from engine_fixtures import make_tiny_model, single_thread  # noqa: F401
+from engine_fixtures import make_tiny_model
 
 from gst_ros.cli import main
 from gst_ros.cli.propose import montage
 from gst_ros.cli.view import orbit_w2c, pose_w2c
 from gst_ros.geometry import camera_center, invert_pose, matrix_to_quat_xyzw
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

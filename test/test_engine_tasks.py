@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model, single_thread  # noqa: F401
+from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
 
 from gst_ros.engine.engine import (
     EngineConfig,
@@ -18,8 +18,6 @@ from gst_ros.engine.engine import (
 )
 from gst_ros.geometry import crop_resize_intrinsics, look_at, plucker_map
 from gst_ros.models.io import ModelFormatError, load_model_dir, save_model_dir
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

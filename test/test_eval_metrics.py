@@ -10,15 +10,6 @@ from training import baselines, evaluate
 from training.image_metrics import gaussian_window, psnr, ssim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the 2 shared CPU cores, more threads only contend (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rot(axis, deg):
     w = np.asarray(axis, dtype=np.float64)
     w = w / np.linalg.norm(w) * np.deg2rad(deg)

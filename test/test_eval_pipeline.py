@@ -5,21 +5,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from training import ablation, pipeline
 from training.evaluate import write_report
 from training.token_shards import TokenShardDataset
 from training.train_gst import TrainConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the 2 shared CPU cores, more threads only contend (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -38,16 +38,6 @@ quat = st.tuples(*[st.floats(-1, 1) for _ in range(4)]).map(np.array).filter(
     lambda q: np.linalg.norm(q) > 0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These solvers run many small tensor ops: one intra-op thread is several times faster on
-    a busy 2-core machine. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def assert_same_quat(q1, q2, atol=1e-9):
     """Quaternions q and -q are the same rotation."""
     assert min(np.abs(q1 - q2).max(), np.abs(q1 + q2).max()) < atol, (q1, q2)

@@ -26,16 +26,6 @@ from gst_ros.geometry import (
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These solvers run many small tensor ops: one intra-op thread is several times faster on
-    a busy 2-core machine. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_cameras(rng, B, radius=2.0):
     R = so3_exp(torch.as_tensor(rng.normal(size=(B, 3)))).numpy()
     C = rng.normal(size=(B, 3)) * radius

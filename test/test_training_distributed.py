@@ -15,15 +15,6 @@ from test_training_trainer import TINY, make_shards
 
 from training.distributed import DistInfo, free_port, rank_slice
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the 2 shared CPU cores, more threads only contend (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -16,15 +16,6 @@ from training.datasets.sample import MultiViewSample
 from training.token_shards import MANIFEST, ShardFormatError, ShardWriter, TokenShardDataset, collate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the 2 shared CPU cores, more threads only contend (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _scene(rng, n_views, n_pairs, n, image_vocab, camera_vocab):
     img = rng.integers(0, image_vocab, (n_views, n))
     pairs = rng.integers(0, n_views, (n_pairs, 2))

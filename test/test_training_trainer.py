@@ -18,15 +18,6 @@ from gst_ros.models.io import load_model_dir
 from training.token_shards import ShardWriter
 from training.train_gst import TrainConfig, load_config, lr_at, make_optimizer, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the 2 shared CPU cores, more threads only contend (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -15,15 +15,6 @@ from gst_ros.models.sequence import build_prefix
 from gst_ros.models.transformer import GST, gst_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread avoids OpenMP contention on the shared, busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(grid=(3, 3), seed=0):
     torch.manual_seed(seed)
     m = GST(gst_config("tiny", grid=grid, image_vocab=40, camera_vocab=20))

@@ -15,15 +15,6 @@ from gst_ros.models.transformer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread avoids OpenMP contention on the shared, busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_model(cfg: GSTConfig, seed: int = 0) -> GST:
     torch.manual_seed(seed)
     m = GST(cfg)

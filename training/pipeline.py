@@ -1,7 +1,8 @@
 """The end-to-end command: render -> train tokenizers -> pre-tokenise -> train transformer -> evaluate.
 
-    python -m training.pipeline --quick --out outputs/pipeline_quick     # minutes on a CPU (tests, CI)
-    python -m training.pipeline --out outputs/pipeline                   # the bigger default (hours on a CPU)
+    python -m training.pipeline --size quick --out outputs/pipeline_quick   # minutes on a CPU (tests, CI)
+    python -m training.pipeline --size shipped --out outputs/shipped        # the shipped models/gst_small
+    python -m training.pipeline --size default --out outputs/pipeline       # bigger (many CPU hours)
 
 Steps (each skipped when its output already exists, so a re-run resumes where it stopped):
 1. `gst render` a synthetic multi-view data set (pybullet) into <out>/data
@@ -29,7 +30,7 @@ class PipelineSize:
     scenes: int
     views: int
     image_size: int
-    image_tokenizer: dict       # train_tokenizer config overrides
+    image_tokenizer: dict       # train_tokenizer config overrides (on top of image_tokenizer_config)
     camera_tokenizer: dict
     pairs_per_scene: int
     gst_config: str
@@ -37,6 +38,12 @@ class PipelineSize:
     eval_scenes: int
     eval_views: int
     eval_samples: int
+    image_tokenizer_config: str | None = None    # YAML under training/configs (None: defaults)
+    camera_tokenizer_config: str | None = None
+    objects_per_scene: tuple[int, int] = (1, 1)
+    test_object_fraction: float = 0.25
+    test_view_fraction: float = 0.34
+    render_seed: int | None = None               # None: the pipeline's --seed
 
 
 QUICK = PipelineSize(
@@ -58,6 +65,15 @@ DEFAULT = PipelineSize(
     pairs_per_scene=32, gst_config="gst_small_cpu.yaml", gst_overrides={"max_steps": 5000},
     eval_scenes=20, eval_views=3, eval_samples=4)
 
+# The recipe of the shipped CPU model (models/gst_small; see its model card).
+SHIPPED = PipelineSize(
+    scenes=800, views=10, image_size=128, objects_per_scene=(1, 2),
+    test_object_fraction=0.1, test_view_fraction=0.2,
+    image_tokenizer_config="shipped/tokenizer_image.yaml", image_tokenizer={},
+    camera_tokenizer_config="shipped/tokenizer_camera.yaml", camera_tokenizer={},
+    pairs_per_scene=24, gst_config="shipped/gst.yaml", gst_overrides={},
+    eval_scenes=80, eval_views=3, eval_samples=4, render_seed=7)
+SIZES = {"quick": QUICK, "default": DEFAULT, "shipped": SHIPPED}
 
 def _stage(name: str, done: bool) -> bool:
     print(f"== {name}{' (already done, skipped)' if done else ''}", file=sys.stderr, flush=True)
@@ -79,8 +95,11 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
     t = time.perf_counter()
     if _stage("1/5 render synthetic data", (data / "manifest.json").is_file()):
         rc = gst_main(["render", "--out", str(data), "--scenes", str(size.scenes), "--views", str(size.views),
-                       "--size", str(size.image_size), "--seed", str(seed), "--objects", "mixed",
-                       "--workers", "1", "--test-object-fraction", "0.25", "--test-view-fraction", "0.34",
+                       "--size", str(size.image_size), "--objects", "mixed",
+                       "--seed", str(seed if size.render_seed is None else size.render_seed),
+                       "--objects-per-scene", *(str(n) for n in size.objects_per_scene),
+                       "--workers", "2", "--test-object-fraction", str(size.test_object_fraction),
+                       "--test-view-fraction", str(size.test_view_fraction),
                        *([] if progress else ["--quiet"])])
         if rc != 0:
             raise RuntimeError(f"gst render failed with status {rc}")
@@ -88,15 +107,17 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
 
     t = time.perf_counter()
     tok_dirs = {}
-    for kind, over in (("image", size.image_tokenizer), ("camera", size.camera_tokenizer)):
+    for kind, over, yaml_name in (("image", size.image_tokenizer, size.image_tokenizer_config),
+                                  ("camera", size.camera_tokenizer, size.camera_tokenizer_config)):
         d = tok / kind
         tok_dirs[kind] = d / "model"
         if _stage(f"2/5 train the {kind} tokenizer", (d / "model" / "config.json").is_file()):
-            # "builtin" data: the tokenizer trainer's synthetic reader needs a "val" split, which
-            # `gst render` does not write (see docs/training.md)
-            cfg = train_tokenizer.load_config(None, kind=kind, dataset="builtin", out=str(d), seed=seed,
-                                              **over)
-            train_tokenizer.train(cfg, progress=progress)
+            # trained on the rendered train split; held-out metrics on unseen views (test_views)
+            fields = {"kind": kind, "dataset": "synthetic", "data": str(data), "val_split": "test_views",
+                      "out": str(d), "seed": seed, **over}
+            yaml_path = REPO / "training" / "configs" / yaml_name if yaml_name else None
+            cfg = train_tokenizer.load_config(yaml_path, **fields)
+            train_tokenizer.train(cfg, resume=(d / "checkpoint.pt").is_file(), progress=progress)
     seconds["tokenizers"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -141,11 +162,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory (a re-run resumes finished stages)")
-    ap.add_argument("--quick", action="store_true", help="the minutes-sized run for tests and CI")
+    ap.add_argument("--size", choices=sorted(SIZES), default="default",
+                    help="quick: minutes, for tests and CI; shipped: the recipe of models/gst_small; "
+                         "default: bigger")
+    ap.add_argument("--quick", action="store_true", help="same as --size quick")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    res = run_pipeline(args.out, QUICK if args.quick else DEFAULT, args.seed, progress=not args.no_progress)
+    size = QUICK if args.quick else SIZES[args.size]
+    res = run_pipeline(args.out, size, args.seed, progress=not args.no_progress)
     from training.evaluate import markdown_table
 
     print(markdown_table(res["table"]))

@@ -52,6 +52,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # VQConfig field overrides
     dataset: str = "builtin"            # "builtin" or a training.datasets name (needs --data)
     data: str | None = None
+    val_split: str = "val"              # held-out split name of the reader (synthetic: test_views)
     out: str = "runs/tokenizer"
     steps: int = 2000
     batch_size: int = 16
@@ -173,7 +174,8 @@ class BatchSource:
                 raise ValueError(f"dataset {cfg.dataset!r} needs a data directory (--data DIR)")
             from training.datasets import build_dataset
 
-            self.readers = {s: build_dataset(cfg.dataset, cfg.data, s) for s in ("train", "val")}
+            self.readers = {"train": build_dataset(cfg.dataset, cfg.data, "train"),
+                            "val": build_dataset(cfg.dataset, cfg.data, cfg.val_split)}
             if len(self.readers["train"]) == 0:
                 raise ValueError(f"dataset {cfg.dataset!r} at {cfg.data}: no training scenes")
 
