@@ -72,7 +72,7 @@ SHIPPED = PipelineSize(
     image_tokenizer_config="shipped/tokenizer_image.yaml", image_tokenizer={},
     camera_tokenizer_config="shipped/tokenizer_camera.yaml", camera_tokenizer={},
     pairs_per_scene=24, gst_config="shipped/gst.yaml", gst_overrides={},
-    eval_scenes=80, eval_views=3, eval_samples=4, render_seed=7)
+    eval_scenes=40, eval_views=3, eval_samples=4, render_seed=7)
 SIZES = {"quick": QUICK, "default": DEFAULT, "shipped": SHIPPED}
 
 def _stage(name: str, done: bool) -> bool:
