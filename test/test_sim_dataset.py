@@ -2,6 +2,7 @@
 reader that yields MultiViewSample and skips (and counts) corrupt or missing files."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,19 @@ def test_render_rejects_bad_arguments(tmp_path, capsys):
     assert "--size must be in [64, 512]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--views must be >= 1"):
         write_dataset(tmp_path / "y", RenderConfig(views=0))
+
+
+def test_object_pool_holds_only_renderable_meshes():
+    """Every random_urdf the pool offers has finite mesh vertices (random_urdfs/168 has only NaN
+    ones, which once stopped an 800-scene render with 'empty bounding box')."""
+    import pybullet_data
+
+    from gst_ros.sim.scene import BROKEN_RANDOM_URDFS, object_pool, object_urdf
+
+    pool = object_pool("random")
+    assert "random_168" not in pool and len(pool) == 1000 - len(BROKEN_RANDOM_URDFS)
+    root = pybullet_data.getDataPath()
+    for name in pool:
+        obj = (Path(root) / object_urdf(name)).with_suffix(".obj")
+        verts = [line.split()[1:4] for line in obj.read_text().splitlines() if line.startswith("v ")]
+        assert verts and np.all(np.isfinite(np.asarray(verts, dtype=float))), name

@@ -34,6 +34,8 @@ SHAPE_OBJECTS = {
 }
 CATALOGUE = {**TEXTURED_OBJECTS, **SHAPE_OBJECTS}
 NUM_RANDOM_URDFS = 1000  # pybullet_data/random_urdfs/000 .. 999
+# random_urdfs whose mesh cannot be rendered: 168.obj has only NaN vertices (empty bounding box)
+BROKEN_RANDOM_URDFS = frozenset({168})
 OBJECT_SETS = ("textured", "random", "mixed")
 # textures (files in pybullet_data) the ground plane may wear; None = plain colour
 GROUND_TEXTURES = (None, "checker_blue.png", "tex256.png", "checker_grid.jpg")
@@ -55,12 +57,12 @@ def object_urdf(name: str) -> str:
 
 
 def object_pool(objects: str) -> list[str]:
-    """All object names of an object set: 'textured' (the named catalogue), 'random' (the 1000
-    random_urdfs) or 'mixed' (both)."""
+    """All object names of an object set: 'textured' (the named catalogue), 'random' (the
+    random_urdfs but the BROKEN_RANDOM_URDFS) or 'mixed' (both)."""
     if objects == "textured":
         return sorted(CATALOGUE)
     if objects == "random":
-        return [random_urdf_name(i) for i in range(NUM_RANDOM_URDFS)]
+        return [random_urdf_name(i) for i in range(NUM_RANDOM_URDFS) if i not in BROKEN_RANDOM_URDFS]
     if objects == "mixed":
         return object_pool("textured") + object_pool("random")
     raise ValueError(f"unknown object set {objects!r}; expected one of {OBJECT_SETS}")
