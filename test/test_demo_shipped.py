@@ -1,0 +1,40 @@
+"""The README's main job on the embedded default: the simulated camera streams to gst_node with
+the SHIPPED model (models/gst_small), and the demo finishes by itself with a summary, per-frame
+errors and a montage of candidate views. A short run (a few frames) of exactly `gst demo`."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "gst_small"
+
+
+def test_shipped_model_is_complete_and_small():
+    from gst_ros.engine.engine import check_model_dir, default_model_dir
+
+    assert default_model_dir().resolve() == SHIPPED.resolve()
+    check_model_dir(SHIPPED)
+    total = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert total < 100 * 2**20, f"shipped model is {total / 2**20:.1f} MiB (limit 100 MiB)"
+    assert (SHIPPED / "model_card.md").is_file()
+
+
+def test_demo_runs_on_the_shipped_model(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "gst_ros.cli", "demo", "--frames", "3", "--rate", "2", "--size", "128",
+           "--candidates", "2", "--samples", "2", "--device", "cpu", "--out", str(out), "--timeout", "240"]
+    proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[demo]" in proc.stdout
+    rows = list(csv.DictReader((out / "frames.csv").open()))
+    assert len(rows) >= 3
+    errs = np.array([float(r["rot_err_deg"]) for r in rows])
+    assert np.all(np.isfinite(errs)) and np.all((errs >= 0) & (errs <= 180))
+    assert (out / "candidates.png").stat().st_size > 1000
+    assert "rot" in (out / "summary.txt").read_text()
