@@ -147,9 +147,16 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
 
     engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", seed=seed))
     scenes = []
-    for split, group in (("test_views", "seen"), ("test_objects", "unseen")):
-        scenes += evaluate.scenes_from_reader(build_dataset("synthetic", data, split), group, size.eval_views,
-                                              size.eval_scenes)
+    # a seen scene holds only its held-out views in test_views (round(views * test_view_fraction))
+    held_out = max(2, round(size.views * size.test_view_fraction))
+    for split, group, n_views in (("test_views", "seen", min(size.eval_views, held_out)),
+                                  ("test_objects", "unseen", size.eval_views)):
+        found = evaluate.scenes_from_reader(build_dataset("synthetic", data, split), group, n_views,
+                                            size.eval_scenes)
+        if not found:
+            print(f"== evaluate: no {split} scene has {n_views} views; the {group} group is empty",
+                  file=sys.stderr, flush=True)
+        scenes += found
     res = evaluate.evaluate_scenes(scenes, engine, samples=size.eval_samples, seed=seed, progress=progress)
     table = evaluate.write_report(res, eval_dir, title="GST pipeline evaluation")
     seconds["evaluate"] = time.perf_counter() - t
