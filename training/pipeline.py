@@ -147,12 +147,11 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
 
     engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", seed=seed))
     scenes = []
-    # a seen scene holds only its held-out views in test_views (round(views * test_view_fraction))
-    held_out = max(2, round(size.views * size.test_view_fraction))
-    for split, group, n_views in (("test_views", "seen", min(size.eval_views, held_out)),
-                                  ("test_objects", "unseen", size.eval_views)):
-        found = evaluate.scenes_from_reader(build_dataset("synthetic", data, split), group, n_views,
-                                            size.eval_scenes)
+    for split, group in (("test_views", "seen"), ("test_objects", "unseen")):
+        reader = build_dataset("synthetic", data, split)
+        # a seen scene holds only its held-out views in test_views: ask for no more than the split has
+        n_views = max(2, min(size.eval_views, max((len(v) for _, v, _ in reader.items), default=0)))
+        found = evaluate.scenes_from_reader(reader, group, n_views, size.eval_scenes)
         if not found:
             print(f"== evaluate: no {split} scene has {n_views} views; the {group} group is empty",
                   file=sys.stderr, flush=True)
