@@ -169,3 +169,55 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert final["step"] == 60
+
+
+class _CameraFromImage(torch.nn.Module):
+    """A stand-in model for the conditioning checks: in the <EST> order it predicts camera token j
+    as (target image token j) mod camera_vocab with high confidence, and is uniform everywhere
+    else (so it ignores the camera when predicting images)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, idx):
+        n, vocab = self.cfg.layout.n, self.cfg.vocabulary
+        logits = torch.zeros(*idx.shape, vocab.size)
+        est = idx[:, n] == vocab.est_token
+        for j in range(n):  # input position 2n + j predicts camera j; image token j sits at n + 1 + j
+            code = vocab.camera_offset + idx[:, n + 1 + j] % vocab.camera_vocab
+            logits[est, 2 * n + j, code[est]] = 12.0
+        return logits
+
+
+def test_validation_conditioning_gains(tmp_path):
+    """val_camera_gain_image measures how much the target image tells the camera: positive when
+    the camera tokens follow from the image, zero for a model that ignores its conditions."""
+    from gst_ros.models.transformer import GSTConfig
+    from training.token_shards import TokenShardDataset
+    from training.train_gst import validation_losses
+
+    rng = np.random.default_rng(1)
+    grid, iv, cv = (2, 2), 16, 8
+    with ShardWriter(tmp_path / "s", grid, iv, cv, pairs_per_shard=64) as w:
+        for s in range(6):
+            views = rng.integers(0, iv, (3, 4))
+            pairs = np.array([[0, 1], [1, 2], [2, 0]])
+            cams = views[pairs[:, 1]] % cv  # the camera codes follow from the target image
+            w.add_scene(f"s{s}", "toy", views, pairs, cams, np.tile(np.eye(4), (3, 1, 1)),
+                        np.tile(np.eye(3), (3, 1, 1)))
+    data = TokenShardDataset(tmp_path / "s")
+    cfg = GSTConfig(dim=64, n_layer=1, n_head=1, grid=grid, image_vocab=iv, camera_vocab=cv)
+    tcfg = TrainConfig(val_batches=2)
+    fake = validation_losses(_CameraFromImage(cfg), cfg, data, tcfg, torch.device("cpu"), batch=9)
+    # right image: the camera is near-certain; another pair's image: mostly wrong codes at 12 nats
+    assert fake["val_nll_camera"] < 0.01
+    assert fake["val_camera_gain_image"] > 5.0
+    assert fake["val_image_gain_camera"] == pytest.approx(0.0, abs=1e-6)
+    assert fake["val_nll_image"] == pytest.approx(np.log(cfg.vocab_size), rel=1e-5)
+    # an untrained GST has a zero output head: every condition is worth exactly nothing
+    from gst_ros.models.transformer import GST
+
+    plain = validation_losses(GST(cfg), cfg, data, tcfg, torch.device("cpu"), batch=9)
+    assert plain["val_camera_gain_image"] == pytest.approx(0.0, abs=1e-6)
+    assert plain["val_image_gain_camera"] == pytest.approx(0.0, abs=1e-6)

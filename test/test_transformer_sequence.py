@@ -14,6 +14,7 @@ from gst_ros.models.sequence import (
     Vocabulary,
     build_prefix,
     build_sequence,
+    camera_token_weights,
     loss_mask,
     make_batch,
     masked_cross_entropy,
@@ -172,3 +173,24 @@ def test_masked_cross_entropy_counts_only_masked():
     assert masked_cross_entropy(logits, targets, mask2).item() == pytest.approx(math.log(4.0))
     with pytest.raises(ValueError, match="no token"):
         masked_cross_entropy(logits, targets, torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_camera_token_weights_reweight_the_camera_segment():
+    """Camera targets get the weight, image codes and task tokens 1; the weighted mean follows."""
+    seq = build_sequence(V, L, torch.tensor([[1, 2]]), torch.tensor([[3, 4]]), torch.tensor([[0, 4]]), "est")
+    targets = seq[:, 1:]  # [obs 2, <EST>, image 3, image 4, camera 10, camera 14]
+    w = camera_token_weights(V, targets, 3.0)
+    assert w.tolist() == [[1.0, 1.0, 1.0, 1.0, 3.0, 3.0]]
+    assert camera_token_weights(V, targets, 1.0).tolist() == [[1.0] * 6]
+    # joint mask: targets 3, 4 (predicted exactly: ce 0) and 10, 14 (uniform logits: ce ln V)
+    logits = torch.zeros(1, 6, V.size)
+    logits[0, 2, 3] = logits[0, 3, 4] = 100.0
+    mask = loss_mask(L, "joint")
+    assert masked_cross_entropy(logits, targets, mask).item() == pytest.approx(2 * math.log(V.size) / 4)
+    assert masked_cross_entropy(logits, targets, mask, w).item() == pytest.approx(6 * math.log(V.size) / 8)
+    assert masked_cross_entropy(logits, targets, mask, torch.ones(1, 6)).item() == pytest.approx(
+        masked_cross_entropy(logits, targets, mask).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="camera_weight"):
+        camera_token_weights(V, targets, 0.0)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        masked_cross_entropy(logits, targets, mask, torch.ones(1, 5))

@@ -50,7 +50,8 @@ def plot_curves(curves: dict[str, dict], path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [("loss", "training loss"), ("grad_norm", "gradient norm (before clipping)"),
-              ("val_nll_image", "held-out NLL p(i|c,o)"), ("val_nll_camera", "held-out NLL p(c|i,o)")]
+              ("val_nll_image", "held-out NLL p(i|c,o)"), ("val_nll_camera", "held-out NLL p(c|i,o)"),
+              ("val_camera_gain_image", "what the target image is worth to p(c|i,o)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         for name, curve in curves.items():
@@ -81,7 +82,7 @@ def run_ablation(cfg: train_gst.TrainConfig, out, eval_scenes=None, eval_samples
         res = train_gst.train(run_cfg, out / objective, progress=progress)
         curves[objective] = read_curve(out / objective / train_gst.LOG)
         row = {"objective": objective, "steps": res["step"], "final train loss": res["loss"]}
-        for k in ("val_nll_image", "val_nll_camera"):
+        for k in ("val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera"):
             if k in res:
                 row[k] = res[k]
         if eval_scenes:

@@ -52,6 +52,7 @@ from gst_ros.models.sequence import (
     TASK_EST,
     TASK_GEN,
     Layout,
+    camera_token_weights,
     loss_mask,
     make_batch,
     masked_cross_entropy,
@@ -91,6 +92,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     cond_drop_prob: float = 0.1          # chance a sample's observation becomes the null condition
     p_gen: float = 0.5                   # joint: share of <GEN>-order samples
+    camera_loss_weight: float = 1.0      # loss weight of camera-code targets (1: the paper's plain mean)
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -116,6 +118,7 @@ class TrainConfig:
                   (self.max_steps >= 1, "max_steps must be >= 1"),
                   (0 <= self.min_lr <= self.lr, "need 0 <= min_lr <= lr"),
                   (0.0 <= self.cond_drop_prob <= 1.0, "cond_drop_prob must lie in [0, 1]"),
+                  (self.camera_loss_weight > 0, "camera_loss_weight must be > 0"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
@@ -281,28 +284,45 @@ def autocast_for(device: torch.device, cfg: TrainConfig):
 def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenShardDataset, cfg: TrainConfig,
                       device: torch.device, batch: int) -> dict:
     """Held-out losses on the first val_batches*batch pairs, each pair in both orders, no dropout:
-    val_loss (joint objective), val_nll_image (p(i|c,o): <GEN> second segment) and val_nll_camera
-    (p(c|i,o): <EST> second segment)."""
+    val_loss (joint objective), val_nll_image (p(i|c,o): <GEN> second segment), val_nll_camera
+    (p(c|i,o): <EST> second segment), and the two conditioning checks, in nats per token:
+    val_camera_gain_image = NLL of the camera segment when each pair's target image is swapped
+    for another pair's (a roll by one within the batch) minus val_nll_camera, i.e. what the target
+    image is worth to the pose estimate; val_image_gain_camera = the same for the image segment
+    of <GEN> with the camera swapped, what the camera is worth to the novel view. Both are ~0
+    while the model ignores that condition (it has then learned only the marginal)."""
     was = model.training
     model.eval()
     n = min(len(data), cfg.val_batches * batch)
     layout: Layout = model_cfg.layout
-    sums = {"val_loss": 0.0, "val_nll_image": 0.0, "val_nll_camera": 0.0}
-    count = 0
+    keys = ("val_loss", "val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera")
+    sums = dict.fromkeys(keys, 0.0)
+    count = swapped_count = 0
+    no_drop = torch.zeros(batch, dtype=torch.bool)
     for start in range(0, n, batch):
         tokens = collate([data[i] for i in range(start, min(n, start + batch))])
         b = len(tokens["observation"])
         second = loss_mask(layout, "alternating", b, device)
-        for task, key in ((TASK_GEN, "val_nll_image"), (TASK_EST, "val_nll_camera")):
-            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, torch.full((b,), task),
-                                               torch.zeros(b, dtype=torch.bool), "joint", device)
+        swapped = torch.roll(torch.arange(b), 1)
+        for task, key, swap_key, gain_key in ((TASK_GEN, "val_nll_image", "camera", "val_image_gain_camera"),
+                                              (TASK_EST, "val_nll_camera", "image", "val_camera_gain_image")):
+            tasks = torch.full((b,), task)
+            inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks, no_drop[:b], "joint", device)
             with autocast_for(device, cfg):
                 logits = model(inp)
             sums["val_loss"] += 0.5 * float(masked_cross_entropy(logits, tgt, mask)) * b
-            sums[key] += float(masked_cross_entropy(logits, tgt, second)) * b
+            nll = float(masked_cross_entropy(logits, tgt, second))
+            sums[key] += nll * b
+            if b > 1:  # the condition of another pair: a single-pair batch has none to swap in
+                other = {**tokens, swap_key: tokens[swap_key][swapped]}
+                inp, tgt, _ = batch_from_tokens(model_cfg, other, tasks, no_drop[:b], "joint", device)
+                with autocast_for(device, cfg):
+                    logits = model(inp)
+                sums[gain_key] += (float(masked_cross_entropy(logits, tgt, second)) - nll) * b
         count += b
+        swapped_count += b if b > 1 else 0
     model.train(was)
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    return {k: v / max(swapped_count if "gain" in k else count, 1) for k, v in sums.items()}
 
 
 # ------------------------------------------------------------------ export
@@ -421,8 +441,10 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective,
                                                device)
             with D.no_sync(wrapped, skip=k < cfg.grad_accum - 1):
+                weights = (None if cfg.camera_loss_weight == 1.0 else
+                           camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))
                 with autocast_for(device, cfg):
-                    loss = masked_cross_entropy(wrapped(inp), tgt, mask) / cfg.grad_accum
+                    loss = masked_cross_entropy(wrapped(inp), tgt, mask, weights) / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = D.clip_grad_norm(wrapped, cfg.grad_clip)

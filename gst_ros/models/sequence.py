@@ -309,8 +309,20 @@ def sample_tasks(objective: str, batch: int, step: int = 0, generator: torch.Gen
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions where `mask` is True.
+def camera_token_weights(vocab: Vocabulary, targets: torch.Tensor, camera_weight: float) -> torch.Tensor:
+    """(B, T) float per-target loss weights: `camera_weight` where the target is a camera code, 1
+    elsewhere. camera_weight 1 is the paper's plain mean; > 1 gives the camera segment (the pose)
+    a larger share of the gradient, which the image segment's much larger NLL otherwise dominates."""
+    if not camera_weight > 0:
+        raise ValueError(f"camera_weight must be > 0, got {camera_weight}")
+    is_camera = (targets >= vocab.camera_offset) & (targets < vocab.gen_token)
+    return torch.where(is_camera, float(camera_weight), 1.0)
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions where `mask` is True; with `weights`
+    (B, T) float, the weighted mean sum(w * ce) / sum(w) over those positions.
 
     logits: (B, T, V); targets: (B, T) ids; mask: (B, T) bool. Computed in fp32."""
     if logits.shape[:2] != targets.shape or mask.shape != targets.shape:
@@ -320,4 +332,9 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torc
     if not bool(m.any()):
         raise ValueError("loss mask selects no token")
     flat = logits.reshape(-1, logits.shape[-1])[m].float()
-    return F.cross_entropy(flat, targets.reshape(-1)[m])
+    if weights is None:
+        return F.cross_entropy(flat, targets.reshape(-1)[m])
+    if weights.shape != targets.shape:
+        raise ValueError(f"weights must have shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
+    w = weights.reshape(-1)[m].float()
+    return (F.cross_entropy(flat, targets.reshape(-1)[m], reduction="none") * w).sum() / w.sum()
