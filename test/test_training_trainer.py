@@ -233,3 +233,37 @@ def test_camera_loss_weight_shifts_training_toward_the_camera(tmp_path):
     assert res[4.0]["val_nll_image"] > res[1.0]["val_nll_image"]
     with pytest.raises(ValueError, match="camera_loss_weight"):
         TrainConfig(camera_loss_weight=0.0)
+
+
+def test_codebook_embedding_init_puts_similar_codes_close():
+    """Codes whose codebook vectors are close start with close embeddings (and far ones far);
+    a codebook of the wrong size is refused by name."""
+    import torch.nn.functional as F
+
+    from gst_ros.models.transformer import GST, gst_config
+    from training.train_gst import codebook_embedding_init
+
+    torch.manual_seed(0)
+    m = GST(gst_config("tiny", grid=(2, 2)))
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(m.config.image_vocab, 8, generator=g), dim=-1)
+    img[1] = F.normalize(img[0] + 0.01, dim=-1)  # nearly code 0
+    img[2] = -img[0]                              # opposite of code 0
+    cam = F.normalize(torch.randn(m.config.camera_vocab, 4, generator=g), dim=-1)
+    before = m.tok_embeddings.weight.detach().clone()
+    codebook_embedding_init(m, img, cam, seed=0)
+    w = m.tok_embeddings.weight.detach()
+    assert (w[0] - w[1]).norm() < 0.8 * (w[0] - w[2]).norm()
+    # the distances between embeddings follow the codebook distances across the vocabulary
+    ib = torch.cdist(img[:200], img[:200]).flatten()
+    ie = torch.cdist(w[:200], w[:200]).flatten()
+    assert torch.corrcoef(torch.stack([ib, ie]))[0, 1] > 0.5
+    off = m.config.vocabulary.camera_offset
+    cb = torch.cdist(cam, cam).flatten()
+    ce = torch.cdist(w[off:off + len(cam)], w[off:off + len(cam)]).flatten()
+    assert torch.corrcoef(torch.stack([cb, ce]))[0, 1] > 0.5
+    # task tokens keep their plain initialisation; the scale stays that of the default init
+    assert torch.equal(w[-2:], before[-2:])
+    assert abs(float(w[:200].std()) - float(before[:200].std())) < 0.005
+    with pytest.raises(ValueError, match="camera codebook"):
+        codebook_embedding_init(m, img, cam[:5])

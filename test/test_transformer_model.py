@@ -105,9 +105,10 @@ def test_task_token_rope_choices():
     assert torch.equal(m.rope[ti + 1: ti + 5], m.rope[:4])  # first segment reuses the grid
 
 
+@pytest.mark.parametrize("segment_embedding", [False, True])
 @pytest.mark.parametrize("task", ["gen", "est"])
-def test_kv_cache_matches_full_forward(task):
-    cfg = gst_config("tiny", grid=(4, 4))
+def test_kv_cache_matches_full_forward(task, segment_embedding):
+    cfg = gst_config("tiny", grid=(4, 4), segment_embedding=segment_embedding)
     m = _random_model(cfg)
     lay, voc = cfg.layout, cfg.vocabulary
     g = torch.Generator().manual_seed(1)
@@ -127,6 +128,29 @@ def test_kv_cache_matches_full_forward(task):
     inc = torch.cat(parts, dim=1)
     assert full.abs().max() > 0.1  # logits are not trivial
     assert (full - inc).abs().max().item() < 1e-4
+
+
+def test_segment_embedding_tells_observation_from_target():
+    """With segment_embedding the same image code at the same grid cell enters the network
+    differently in the observation and in a segment (RoPE alone gives them the same position);
+    without it the model has no such parameter and the paper's state dict is unchanged."""
+    plain = GST(gst_config("tiny", grid=(2, 2)))
+    assert not any(k.startswith("seg_embeddings") for k in plain.state_dict())
+    torch.manual_seed(0)
+    m = GST(gst_config("tiny", grid=(2, 2), segment_embedding=True)).eval()
+    assert m.state_dict()["seg_embeddings.weight"].shape == (3, m.config.dim)
+    assert m.segment_ids.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    seen = {}
+    m.layers[0].attention_norm.register_forward_hook(lambda mod, inp, out: seen.update(h=inp[0]))
+    vocab = m.config.vocabulary
+    cams = (vocab.camera_offset + torch.arange(4)).tolist()
+    seq = torch.tensor([[5, 6, 7, 8, vocab.est_token, 5, 6, 7, 8, *cams]])
+    with torch.no_grad():
+        m(seq)
+    h = seen["h"][0]
+    diff = (h[5] - h[0]) - (m.seg_embeddings.weight[1] - m.seg_embeddings.weight[0])
+    assert diff.abs().max() < 1e-6  # same code, same cell: differs by exactly the segment embedding
+    assert (h[5] - h[0]).abs().max() > 1e-3
 
 
 def test_forward_errors():

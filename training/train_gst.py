@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = 0
     init_from: str = ""                  # GST model dir, or a LlamaGen / official GST .pt checkpoint
     init_kind: str = "auto"              # "auto" | "gst-dir" | "llamagen-gpt" | "gst-gpt"
+    codebook_embedding_init: bool = False  # from scratch: seed code embeddings from the VQ codebooks
     log_every: int = 10
     ckpt_every: int = 200
     val_every: int = 0                   # 0: validate only at the end (when val_shards is set)
@@ -195,6 +196,47 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
                              "(sizes come from the checkpoint)")
         return dataclasses.replace(base, **cfg.model_overrides)
     return gst_config(cfg.model, **{**cfg.model_overrides, **data})
+
+
+def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_codebook: torch.Tensor,
+                            seed: int = 0) -> None:
+    """Seed the input embeddings of the image and camera codes from the tokenizers' codebooks.
+
+    A from-scratch transformer sees code ids, not what they look like: two codes a tokenizer uses
+    for nearly the same patch start as unrelated as any two. Here each code's embedding row
+    becomes (random row + codebook vector @ P) / sqrt(2), P a fixed random projection
+    (codebook dim -> model dim) with entries of the init std, so codes close in the codebook
+    start close in the model (the codebooks are L2-normalised, so the two parts have the same
+    scale). image_codebook: (image_vocab, d_i); camera_codebook: (camera_vocab, d_c)."""
+    cfg = model.config
+    vocab = cfg.vocabulary
+    w = model.tok_embeddings.weight
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    std = cfg.initializer_range
+    with torch.no_grad():
+        for book, start, size, what in ((image_codebook, 0, cfg.image_vocab, "image"),
+                                        (camera_codebook, vocab.camera_offset, cfg.camera_vocab, "camera")):
+            book = torch.nn.functional.normalize(book.detach().float().cpu(), dim=-1)
+            if book.shape[0] != size:
+                raise ValueError(f"{what} codebook has {book.shape[0]} codes, the model {size}")
+            proj = torch.randn(book.shape[1], cfg.dim, generator=gen) * std
+            rows = slice(start, start + book.shape[0])
+            w[rows] = ((w[rows].detach().cpu() + book @ proj) / math.sqrt(2.0)).to(w)
+
+
+def _tokenizer_codebooks(cfg: TrainConfig, manifest: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (image, camera) codebooks of the tokenizers the shards were made with."""
+    from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
+
+    meta = manifest.get("metadata", {})
+    books = []
+    for cls, path in ((ImageTokenizer, cfg.image_tokenizer or meta.get("image_tokenizer", "")),
+                      (CameraTokenizer, cfg.camera_tokenizer or meta.get("camera_tokenizer", ""))):
+        if not path or not Path(path).is_dir():
+            raise ValueError(f"codebook_embedding_init needs the {cls.kind} tokenizer: no model directory "
+                             f"at {path!r} (set {cls.kind}_tokenizer)")
+        books.append(cls.from_dir(path).core.quantize.codebook().detach())
+    return books[0], books[1]
 
 
 def load_init(cfg: TrainConfig, manifest: dict) -> tuple[dict | None, dict | None, str]:
@@ -384,6 +426,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     if init_state is not None:
         load_state_dict_strict(model, init_state, cfg.init_from)
         _say(info, f"initialised from {init_desc}")
+    elif cfg.codebook_embedding_init and not (out / CHECKPOINT).is_file():
+        codebook_embedding_init(model, *_tokenizer_codebooks(cfg, manifest), seed=cfg.seed)
+        _say(info, "code embeddings seeded from the tokenizers' codebooks")
     model.to(device)
     if cfg.precision == "bf16" and device.type != "cuda":
         _say(info, "precision bf16 needs CUDA: this CPU run trains in fp32")

@@ -159,6 +159,13 @@ class Layout:
         zero = torch.zeros(1, dtype=torch.long)
         return torch.cat([r, zero, r, r]), torch.cat([c, zero, c, c])
 
+    def segment_ids(self) -> torch.Tensor:
+        """(seq_len,) long: the segment of every sequence index, 0 for the observation and the
+        task token, 1 for the first segment, 2 for the second."""
+        n = self.n
+        return torch.cat([torch.zeros(n + 1, dtype=torch.long), torch.ones(n, dtype=torch.long),
+                          torch.full((n,), 2, dtype=torch.long)])
+
 
 def segment_order(task: int | str) -> tuple[str, str]:
     """Kinds of the (first, second) segment for a task: <GEN> camera then image, <EST> image then

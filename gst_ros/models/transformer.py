@@ -16,6 +16,13 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   FFN 0.1 (after w2), attention 0;
 - init: normal(0, 0.02) for every Linear and Embedding, LayerNorm/RMSNorm ones (zeros for bias),
   output head zero.
+- optional (`segment_embedding=True`, off for the paper's sizes and every imported checkpoint):
+  a learned embedding per sequence segment (0: observation and task token, 1: first segment,
+  2: second segment) added to the token embeddings. With RoPE alone the observation and the
+  target view share grid positions and the embedding table, so an image token of the target
+  view is, to the first layer, indistinguishable from the observation token of the same code at
+  the same place; small models trained from scratch on a CPU budget learn the relation between
+  the two views far sooner when told apart (docs/training.md, "Segment embeddings").
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -56,6 +63,7 @@ class GSTConfig:
     resid_dropout: float = 0.1
     ffn_dropout: float = 0.1
     attn_dropout: float = 0.0
+    segment_embedding: bool = False  # learned observation / first / second segment embedding
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -231,6 +239,7 @@ class GST(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.seg_embeddings = nn.Embedding(3, config.dim) if config.segment_embedding else None
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
@@ -241,6 +250,7 @@ class GST(nn.Module):
         if config.task_token_rope == "zero":
             table[layout.task_index] = 0.0
         self.register_buffer("rope", table, persistent=False)
+        self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
         self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
@@ -302,7 +312,11 @@ class GST(nn.Module):
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        h = self.tok_dropout(self.tok_embeddings(idx))
+        h = self.tok_embeddings(idx)
+        if self.seg_embeddings is not None:
+            seg = self.segment_ids[:t] if input_pos is None else self.segment_ids[input_pos]
+            h = h + self.seg_embeddings(seg)[None]
+        h = self.tok_dropout(h)
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask)
         return self.output(self.norm(h)).float()
