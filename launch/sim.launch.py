@@ -29,7 +29,8 @@ def generate_launch_description():
             name="sim_camera",
             output="screen",
             parameters=[{"image_topic": "camera/image_raw", "camera_info_topic": "camera/camera_info",
-                         "rate_hz": 5.0, "width": 256, "height": 256, "objects": "textured"}],
+                         "rate_hz": 5.0, "width": 256, "height": 256, "objects": "textured",
+                         "num_objects": 2}],
         ),
         Node(
             package="gst_ros",

@@ -66,24 +66,67 @@ def test_estimate_pose_shapes_and_conventions(engine):
     np.testing.assert_allclose(est.camera_to_reference() @ est.w2c, np.eye(4), atol=1e-9)
 
 
+def spy_on(monkeypatch, name: str) -> dict:
+    """Wrap gst_ros.engine.generation.<name>: the returned dict gets the last call's positional
+    arguments ("args") and result ("out")."""
+    from gst_ros.engine import generation
+
+    seen = {}
+    real = getattr(generation, name)
+
+    def spy(*a, **kw):
+        seen["args"], seen["out"] = a, real(*a, **kw)
+        return seen["out"]
+
+    monkeypatch.setattr(generation, name, spy)
+    return seen
+
+
 def test_estimate_pose_samples_are_decoded_camera_tokens(engine, monkeypatch):
     """The engine's samples are exactly the cameras decoded from the sampled tokens (with the
     known target K at the model resolution), and their average is the estimate."""
-    from gst_ros.engine import generation
-
-    codes = {}
-    real = generation.estimate_pose
-
-    def spy(*a, **kw):
-        codes["c"] = real(*a, **kw)
-        return codes["c"]
-
-    monkeypatch.setattr(generation, "estimate_pose", spy)
+    seen = spy_on(monkeypatch, "estimate_pose")
     est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=3, seed=0)
     _, K_sq = engine.prepare(image(seed=2), K_WIDE)
     g = engine.grid
-    fit = engine.camera_tokenizer.decode(codes["c"].reshape(-1, g, g), K=K_sq, image_size=engine.image_size)
+    fit = engine.camera_tokenizer.decode(seen["out"].reshape(-1, g, g), K=K_sq, image_size=engine.image_size)
     np.testing.assert_allclose(est.samples_w2c, fit.w2c.numpy(), atol=1e-9)
+
+
+def test_prior_pose_samples_p_c_given_o_without_the_target(engine, monkeypatch):
+    """prior_pose draws cameras from [o, <GEN>] (no target image), decodes them exactly like
+    estimate_pose and averages them; it is reproducible per seed."""
+    seen = spy_on(monkeypatch, "propose_cameras")
+    est = engine.prior_pose(image(seed=1), K_WIDE, K_WIDE, samples=3, seed=4)
+    assert isinstance(est, PoseEstimate) and est.samples_w2c.shape == (3, 4, 4)
+    obs_tok = engine.image_tokens(engine.prepare(image(seed=1), K_WIDE)[0])
+    assert torch.equal(seen["args"][1], obs_tok.expand(3, -1))
+    _, K_sq = engine.prepare(image(seed=1), K_WIDE)
+    g = engine.grid
+    codes = seen["out"][0]
+    fit = engine.camera_tokenizer.decode(codes.reshape(-1, g, g), K=K_sq, image_size=engine.image_size)
+    np.testing.assert_allclose(est.samples_w2c, fit.w2c.numpy(), atol=1e-9)
+    again = engine.prior_pose(image(seed=1), K_WIDE, K_WIDE, samples=3, seed=4)
+    np.testing.assert_allclose(again.w2c, est.w2c, atol=1e-12)
+    with pytest.raises(ValueError, match="samples"):
+        engine.prior_pose(image(seed=1), samples=0)
+
+
+def test_pose_estimate_mode_is_the_most_likely_sample(model_dir, monkeypatch):
+    """pose_estimate="mode" returns the sampled pose of highest log p(c | i, o); "mean" the
+    average; both share the samples (same seed) and the spread-based covariance."""
+    seen = spy_on(monkeypatch, "pose_log_likelihood")
+    mode = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_estimate="mode"))
+    mean = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    a = mode.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
+    b = mean.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
+    np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-9)
+    np.testing.assert_allclose(a.covariance, b.covariance, atol=1e-9)
+    best = int(torch.argmax(seen["out"]))
+    np.testing.assert_allclose(a.w2c, a.samples_w2c[best], atol=1e-12)
+    assert not np.allclose(a.w2c, b.w2c, atol=1e-6)  # the mean is none of the samples
+    with pytest.raises(ValueError, match="pose_estimate"):
+        EngineConfig(model_dir=str(model_dir), pose_estimate="median")
 
 
 def test_predict_view_shapes_and_conventions(engine):

@@ -29,7 +29,7 @@ def test_quick_pipeline_end_to_end(quick):
     assert len(tokens) > 50 and tokens.manifest["skipped"] == {}
     rows = {(r["method"], r["group"]): r for r in res["table"]}
     for group in ("seen", "unseen"):
-        for method in ("gst", "opencv", "identity", "chance"):
+        for method in ("gst", "gst-prior", "opencv", "identity", "chance"):
             assert (method, group) in rows
         gst = rows[("gst", group)]
         assert gst["pairs"] == 6 and 0.0 <= gst["RRA@15"] <= gst["RRA@30"] <= 1.0

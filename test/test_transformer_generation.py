@@ -7,6 +7,7 @@ from gst_ros.engine.generation import (
     estimate_pose,
     generate_segments,
     novel_view,
+    pose_log_likelihood,
     propose_cameras,
     sample_logits,
     unconditional_view,
@@ -150,3 +151,24 @@ def test_task_shapes_and_errors():
     was = m.train()
     estimate_pose(m, obs, obs)
     assert was.training  # training mode restored
+
+
+def test_pose_log_likelihood_is_the_sum_of_legal_next_token_log_probs():
+    """log p(c | i, o) equals the step-by-step product of the next-token probabilities among the
+    camera codes (recomputed here one prefix at a time), and differs between cameras."""
+    m = _model(grid=(2, 2))
+    lay, voc = m.config.layout, m.config.vocabulary
+    obs, img = _obs(3, lay.n, seed=5), _obs(3, lay.n, seed=6)
+    cam = _obs(3, lay.n, seed=7, hi=voc.camera_vocab)
+    ll = pose_log_likelihood(m, obs, img, cam)
+    prefix = build_prefix(voc, lay, obs, "est", given=img)
+    expect = torch.zeros(3)
+    allowed = voc.segment_logit_mask("camera")
+    with torch.no_grad():
+        for k in range(lay.n):
+            seq = torch.cat([prefix, voc.camera_to_ids(cam[:, :k])], dim=1)
+            logp = m(seq)[:, -1].masked_fill(~allowed, float("-inf")).log_softmax(-1)
+            expect += logp.gather(-1, voc.camera_to_ids(cam[:, k:k + 1]))[:, 0]
+    assert torch.allclose(ll, expect, atol=1e-4)
+    assert bool((ll < 0).all())
+    assert not torch.allclose(ll, pose_log_likelihood(m, obs, img, cam.flip(0)))

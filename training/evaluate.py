@@ -7,6 +7,8 @@
 Per scene, N views are taken (view 0 is the observation). Every method predicts the cameras of
 views 1..N-1 relative to view 0 (view 0 = identity, OpenCV axes):
 - gst: engine.estimate_pose(observation, view j) (camera tokens sampled, averaged);
+- gst-prior: engine.prior_pose(observation) (camera tokens sampled from p(c | o), the target image
+  unseen): the model's own pose prior; gst minus gst-prior is what the target image is worth;
 - opencv: SIFT/ORB + essential matrix (MAGSAC++) + recoverPose (training/baselines.py);
 - identity: every camera equals the observation camera;
 - chance: a uniformly random rotation (closed form, no per-pair data).
@@ -50,7 +52,7 @@ from training.logging_utils import CSVLogger, save_image_grid
 
 THRESHOLDS = (15.0, 30.0)
 ANGLE_BINS = (("<30", 0.0, 30.0), ("30-60", 30.0, 60.0), (">60", 60.0, 180.0 + 1e-9))
-POSE_METHODS = ("gst", "opencv", "identity")
+POSE_METHODS = ("gst", "gst-prior", "opencv", "identity")
 
 
 # ------------------------------------------------------------------ maths
@@ -163,6 +165,10 @@ def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
             est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0],
                                        K_target=scene.K[j], samples=samples, seed=seed + j)
             pred[j] = est.w2c
+        elif method == "gst-prior":
+            est = engine.prior_pose(scene.images[0], K_obs=scene.K[0], K_target=scene.K[j], samples=samples,
+                                    seed=seed + j)
+            pred[j] = est.w2c
         elif method == "opencv":
             res = baselines.essential_matrix_pose(scene.images[0], scene.images[j], scene.K[0], scene.K[j])
             pred[j] = res.rel_w2c
@@ -185,7 +191,7 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, 
         base = ordered_pair_baselines(gt)
         n = len(gt)
         for method in methods:
-            if method == "gst" and engine is None:
+            if method.startswith("gst") and engine is None:
                 continue
             pred, failed = predict_poses(scene, method, engine, samples, seed)
             errs = relative_rotation_errors(pred[:, :3, :3], gt[:, :3, :3])
@@ -300,6 +306,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vgg", default=None, help="VGG16 weights file: adds LPIPS")
     ap.add_argument("--lpips-lin", default=None, help="optional LPIPS layer weights file")
+    ap.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
+                    help="gst: average of the sampled poses, or the most likely sample (EngineConfig)")
+    ap.add_argument("--methods", default=",".join(POSE_METHODS),
+                    help=f"comma-separated pose methods among {','.join(POSE_METHODS)}")
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
     ap.add_argument("--device", default="auto")
@@ -314,7 +324,8 @@ def main(argv=None) -> int:
     if args.model:
         from gst_ros.engine.engine import EngineConfig, GSTEngine
 
-        engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed))
+        engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
+                                        pose_estimate=args.pose_estimate))
     scenes = []
     for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
         split, _, group = spec.partition(":")
@@ -323,7 +334,11 @@ def main(argv=None) -> int:
     if not scenes:
         print("evaluate: no scene with enough views", file=sys.stderr)
         return 1
-    methods = [m for m in POSE_METHODS if not (m == "opencv" and args.no_opencv)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(POSE_METHODS))
+    if unknown:
+        ap.error(f"unknown pose methods {unknown}; expected some of {list(POSE_METHODS)}")
+    methods = [m for m in methods if not (m == "opencv" and args.no_opencv)]
     lp = LPIPSMetric(args.vgg, args.lpips_lin) if args.vgg else None
     res = evaluate_scenes(scenes, engine, methods, args.samples, args.seed, nvs=not args.no_nvs, lpips=lp,
                           progress=not args.no_progress)

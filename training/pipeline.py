@@ -44,6 +44,7 @@ class PipelineSize:
     test_object_fraction: float = 0.25
     test_view_fraction: float = 0.34
     render_seed: int | None = None               # None: the pipeline's --seed
+    trajectory: str = "sphere"                   # gst render --trajectory: sphere | orbit
 
 
 QUICK = PipelineSize(
@@ -65,14 +66,15 @@ DEFAULT = PipelineSize(
     pairs_per_scene=32, gst_config="gst_small_cpu.yaml", gst_overrides={"max_steps": 5000},
     eval_scenes=20, eval_views=3, eval_samples=4)
 
-# The recipe of the shipped CPU model (models/gst_small; see its model card).
+# The recipe of the shipped CPU model (models/gst_small; see its model card): a robot-like camera
+# orbiting 1-2 objects (the regime of the demo's simulated camera), 12 views per orbit.
 SHIPPED = PipelineSize(
-    scenes=800, views=10, image_size=128, objects_per_scene=(1, 2),
-    test_object_fraction=0.1, test_view_fraction=0.2,
+    scenes=1600, views=12, image_size=128, objects_per_scene=(1, 2), trajectory="orbit",
+    test_object_fraction=0.1, test_view_fraction=0.25,
     image_tokenizer_config="shipped/tokenizer_image.yaml", image_tokenizer={},
     camera_tokenizer_config="shipped/tokenizer_camera.yaml", camera_tokenizer={},
-    pairs_per_scene=24, gst_config="shipped/gst.yaml", gst_overrides={},
-    eval_scenes=40, eval_views=3, eval_samples=4, render_seed=7)
+    pairs_per_scene=32, gst_config="shipped/gst.yaml", gst_overrides={},
+    eval_scenes=40, eval_views=12, eval_samples=4, render_seed=11)
 SIZES = {"quick": QUICK, "default": DEFAULT, "shipped": SHIPPED}
 
 def _stage(name: str, done: bool) -> bool:
@@ -95,7 +97,7 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
     t = time.perf_counter()
     if _stage("1/5 render synthetic data", (data / "manifest.json").is_file()):
         rc = gst_main(["render", "--out", str(data), "--scenes", str(size.scenes), "--views", str(size.views),
-                       "--size", str(size.image_size), "--objects", "mixed",
+                       "--size", str(size.image_size), "--objects", "mixed", "--trajectory", size.trajectory,
                        "--seed", str(seed if size.render_seed is None else size.render_seed),
                        "--objects-per-scene", *(str(n) for n in size.objects_per_scene),
                        "--workers", "2", "--test-object-fraction", str(size.test_object_fraction),

@@ -144,6 +144,9 @@ class PredictedView:
     w2c: np.ndarray            # (4,4) the view's camera, world = observation camera frame (OpenCV axes)
 
 
+POSE_ESTIMATES = ("mean", "mode")
+
+
 @dataclass
 class EngineConfig:
     model_dir: str = field(default_factory=lambda: str(default_model_dir()))
@@ -155,6 +158,12 @@ class EngineConfig:
     cfg_scale: float = 1.0
     default_fov_deg: float = 49.1      # used only when no K is known
     seed: int = 0
+    pose_estimate: str = "mean"        # "mean" of the sampled poses, or the "mode": the sample the
+                                       # model finds most likely, max log p(c | i, o)
+
+    def __post_init__(self):
+        if self.pose_estimate not in POSE_ESTIMATES:
+            raise ValueError(f"pose_estimate must be one of {POSE_ESTIMATES}, got {self.pose_estimate!r}")
 
 
 def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -353,7 +362,9 @@ class GSTEngine:
         Samples `samples` camera-token grids from p(c | target, observation) ([o, <EST>, i] -> c),
         decodes each to a Plücker map and a camera (with K_target when known, else the
         homography route that also estimates the focal length) and averages them
-        (aggregate_pose_samples). K_obs / K_target: intrinsics of the images as given, or None.
+        (aggregate_pose_samples); with EngineConfig.pose_estimate "mode" the estimate is instead
+        the sample of highest log p(c | i, o) (covariance and confidence still from the spread of
+        all samples). K_obs / K_target: intrinsics of the images as given, or None.
         A sample whose decoded rays are degenerate (no camera fits) is left out of samples_w2c;
         RuntimeError if none fits."""
         t0 = time.perf_counter()
@@ -365,7 +376,34 @@ class GSTEngine:
             obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
             codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
                                              tgt_tok.expand(samples, -1), self.sampling, gen)
-        samples_w2c, _ = self._cameras(codes, K_tgt if K_target is not None else None)
+        samples_w2c, kept = self._cameras(codes, K_tgt if K_target is not None else None)
+        w2c, cov, conf, spread = aggregate_pose_samples(samples_w2c)
+        if self.config.pose_estimate == "mode" and len(kept) > 1:
+            with self._autocast():
+                loglik = generation.pose_log_likelihood(self.model, obs_tok.expand(samples, -1),
+                                                        tgt_tok.expand(samples, -1), codes)
+            w2c = samples_w2c[int(torch.argmax(loglik[kept].float()))]
+        return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
+                            rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
+
+    def prior_pose(self, observation, K_obs=None, K_target=None, samples: int = 4, seed=None) -> PoseEstimate:
+        """The target camera the model expects before it sees the target image: `samples` draws
+        from p(c | o) ([o, <GEN>] -> c), decoded and averaged exactly like estimate_pose (same
+        frames and conventions: w2c of the target camera, world = the observation camera's
+        optical frame, unit scene scale). It is the model's pose prior given the observation;
+        what estimate_pose gains over it is what the target image told the model. K_target: the
+        target image's intrinsics when known (as estimate_pose), else the homography route."""
+        t0 = time.perf_counter()
+        _check_count(samples, "samples")
+        obs_sq, _ = self.prepare(observation, K_obs, "observation")
+        K_tgt = None
+        if K_target is not None:
+            _, K_tgt = self.prepare(observation, K_target, "K_target")
+        gen = self._generator_for(seed)
+        with self._autocast():
+            obs_tok = self.image_tokens(obs_sq)
+            codes, _ = generation.propose_cameras(self.model, obs_tok.expand(samples, -1), self.sampling, gen)
+        samples_w2c, _ = self._cameras(codes, K_tgt)
         w2c, cov, conf, spread = aggregate_pose_samples(samples_w2c)
         return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
                             rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)

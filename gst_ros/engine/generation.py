@@ -128,6 +128,39 @@ def generate_segments(model: GST, prefix: torch.Tensor, kinds: Sequence[str],
     return out
 
 
+def segment_log_likelihood(model: GST, prefix: torch.Tensor, segment: torch.Tensor,
+                           kind: str) -> torch.Tensor:
+    """(B,) log p(segment | prefix) in nats under the model: one teacher-forced pass over
+    [prefix, segment], each token's probability taken among the codes legal in a segment of
+    `kind` ("image" / "camera"), as in sampling, at temperature 1 with no top-k / top-p.
+    prefix: (B, P) shared-vocabulary ids from sequence index 0; segment: (B, n) shared-vocabulary
+    ids (camera ids with the offset)."""
+    if segment.ndim != 2 or segment.shape[0] != prefix.shape[0]:
+        raise ValueError(f"segment must be (B, n) with the prefix's batch {prefix.shape[0]}, got "
+                         f"{tuple(segment.shape)}")
+    device = model.output.weight.device
+    seq = torch.cat([prefix, segment], dim=1).to(device)
+    allowed = model.config.vocabulary.segment_logit_mask(kind, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(seq[:, :-1])[:, prefix.shape[1] - 1:]
+    finally:
+        model.train(was_training)
+    logp = logits.float().masked_fill(~allowed, float("-inf")).log_softmax(dim=-1)
+    return logp.gather(-1, seq[:, prefix.shape[1]:, None])[..., 0].sum(dim=-1)
+
+
+def pose_log_likelihood(model: GST, observation: torch.Tensor, image: torch.Tensor,
+                        camera: torch.Tensor) -> torch.Tensor:
+    """(B,) log p(c | i, o) of raw camera codes `camera` (B, n) given the observation and target
+    image codes (B, n each): how likely the model finds that camera for the target view."""
+    vocab, layout = model.config.vocabulary, model.config.layout
+    prefix = build_prefix(vocab, layout, observation, TASK_EST, given=image)
+    return segment_log_likelihood(model, prefix, vocab.camera_to_ids(camera.to(prefix.device)), "camera")
+
+
 def estimate_pose(model: GST, observation: torch.Tensor, image: torch.Tensor,
                   sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
                   **kw) -> torch.Tensor:

@@ -63,11 +63,13 @@ def node_parameters(overrides: dict) -> dict:
 
 
 def sim_parameters(rate_hz: float, width: int, height: int, seed: int, trajectory: str = "orbit",
-                   period_s: float = 20.0) -> dict:
-    """Parameters of sim_camera_node publishing where gst_node's camera `camera` listens."""
+                   period_s: float = 20.0, num_objects: int = 2) -> dict:
+    """Parameters of sim_camera_node publishing where gst_node's camera `camera` listens: the
+    regime of the shipped model's training renders (two catalogue objects, a camera orbiting them)."""
     return {"image_topic": f"{CAMERA}/image_raw", "camera_info_topic": f"{CAMERA}/camera_info",
             "rate_hz": float(rate_hz), "width": int(width), "height": int(height), "seed": int(seed),
-            "trajectory": trajectory, "period_s": float(period_s), "objects": "textured"}
+            "trajectory": trajectory, "period_s": float(period_s), "objects": "textured",
+            "num_objects": int(num_objects)}
 
 
 class Stack:
