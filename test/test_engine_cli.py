@@ -71,6 +71,11 @@ def test_gst_pose_text_and_json(files, capsys):
     # the printed position + quaternion, fed back to `gst view --pose`, is the same camera
     np.testing.assert_allclose(pose_w2c(out["position"] + out["quaternion_xyzw"]), w2c, atol=1e-9)
     assert 0.0 <= out["confidence"] <= 1.0
+    # --pose-estimate mode: the same samples (same seed), the estimate is one of them
+    assert main(argv + ["--json", "--K", "60,60,39.5,29.5", "--pose-estimate", "mode"]) == 0
+    mode = json.loads(capsys.readouterr().out)
+    sample_w2c = [pose_w2c(s["position"] + s["quaternion_xyzw"]) for s in mode["samples"]]
+    assert min(np.abs(np.asarray(mode["w2c"]) - w).max() for w in sample_w2c) < 1e-6
 
 
 def test_gst_view_pose_and_orbit(files, capsys):

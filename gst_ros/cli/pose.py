@@ -69,6 +69,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--cfg-scale", type=float, default=1.0,
                         help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
+                        help="pose from the samples: their mean, or the most likely sample")
 
 
 def engine_from_args(args):
@@ -76,7 +78,8 @@ def engine_from_args(args):
     from gst_ros.engine.engine import EngineConfig, GSTEngine
 
     kw = dict(device=args.device, tokenizer_backend=args.backend, seed=args.seed,
-              temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale)
+              temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale,
+              pose_estimate=args.pose_estimate)
     if args.model:
         kw["model_dir"] = args.model
     if args.fov_deg is not None:
