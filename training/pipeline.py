@@ -76,7 +76,7 @@ SHIPPED = PipelineSize(
     image_tokenizer_config="shipped/tokenizer_image.yaml", image_tokenizer={},
     camera_tokenizer_config="shipped/tokenizer_camera.yaml", camera_tokenizer={},
     pairs_per_scene=32, gst_config="shipped/gst.yaml", gst_overrides={},
-    eval_scenes=40, eval_views=12, eval_samples=4, render_seed=11)
+    eval_scenes=40, eval_views=6, eval_samples=4, render_seed=11)
 SIZES = {"quick": QUICK, "default": DEFAULT, "shipped": SHIPPED}
 
 def _stage(name: str, done: bool) -> bool:

@@ -21,8 +21,8 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   2: second segment) added to the token embeddings. With RoPE alone the observation and the
   target view share grid positions and the embedding table, so an image token of the target
   view is, to the first layer, indistinguishable from the observation token of the same code at
-  the same place; small models trained from scratch on a CPU budget learn the relation between
-  the two views far sooner when told apart (docs/training.md, "Segment embeddings").
+  the same place (docs/training.md, "Learning the relation on a CPU budget"; its effect on its
+  own has not been measured).
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -250,7 +250,8 @@ class GST(nn.Module):
         if config.task_token_rope == "zero":
             table[layout.task_index] = 0.0
         self.register_buffer("rope", table, persistent=False)
-        self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
+        if config.segment_embedding:
+            self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
         self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
