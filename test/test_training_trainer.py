@@ -267,3 +267,39 @@ def test_codebook_embedding_init_puts_similar_codes_close():
     assert abs(float(w[:200].std()) - float(before[:200].std())) < 0.005
     with pytest.raises(ValueError, match="camera codebook"):
         codebook_embedding_init(m, img, cam[:5])
+
+
+def test_codebook_features_come_from_the_tokenizers_and_travel_with_the_model(tmp_path):
+    """A from-scratch run with image/camera_code_dim fills the codebook buffers from the tokenizers
+    the shards were made with; the exported model directory carries them, so init_from and the
+    engine's loader see the same features; combining them with codebook_embedding_init is
+    refused; target_token_noise trains and is range-checked."""
+    import torch.nn.functional as F
+    from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_random_model, tiny_gst_config
+
+    from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
+
+    tok = make_random_model(tmp_path, TINY_IMAGE, TINY_CAMERA, tiny_gst_config())
+    shards = make_shards(tmp_path / "shards", image_vocab=TINY_IMAGE.codebook_size,
+                         camera_vocab=TINY_CAMERA.codebook_size)
+    over = {**TINY["model_overrides"], "image_code_dim": 4, "camera_code_dim": 4}
+    kw = dict(image_tokenizer=str(tok / "image_tokenizer"), camera_tokenizer=str(tok / "camera_tokenizer"),
+              model_overrides=over)
+    train(tiny_cfg(shards, max_steps=3, target_token_noise=0.3, **kw), tmp_path / "run", progress=False)
+    meta, state = load_model_dir(tmp_path / "run/model/gst", "gst")
+    assert meta["config"]["image_code_dim"] == 4 and meta["config"]["camera_code_dim"] == 4
+    image_book = ImageTokenizer.from_dir(tok / "image_tokenizer").core.quantize.codebook().detach()
+    camera_book = CameraTokenizer.from_dir(tok / "camera_tokenizer").core.quantize.codebook().detach()
+    assert torch.allclose(state["image_codebook"], F.normalize(image_book, dim=-1), atol=1e-6)
+    assert torch.allclose(state["camera_codebook"], F.normalize(camera_book, dim=-1), atol=1e-6)
+    # continuing from the export keeps the buffers (they come from the state dict, not re-read)
+    res = train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run/model/gst"), model_overrides={}),
+                tmp_path / "cont", progress=False)
+    assert np.isfinite(res["loss"])
+    _, cont = load_model_dir(tmp_path / "cont/model/gst", "gst")
+    assert torch.equal(cont["image_codebook"], state["image_codebook"])
+    with pytest.raises(ValueError, match="use one"):
+        train(tiny_cfg(shards, max_steps=1, codebook_embedding_init=True, **kw), tmp_path / "both",
+              progress=False)
+    with pytest.raises(ValueError, match="target_token_noise"):
+        TrainConfig(target_token_noise=-0.1)

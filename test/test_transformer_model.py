@@ -105,11 +105,16 @@ def test_task_token_rope_choices():
     assert torch.equal(m.rope[ti + 1: ti + 5], m.rope[:4])  # first segment reuses the grid
 
 
-@pytest.mark.parametrize("segment_embedding", [False, True])
+@pytest.mark.parametrize("options", [{}, {"segment_embedding": True},
+                                     {"image_code_dim": 8, "camera_code_dim": 4}])
 @pytest.mark.parametrize("task", ["gen", "est"])
-def test_kv_cache_matches_full_forward(task, segment_embedding):
-    cfg = gst_config("tiny", grid=(4, 4), segment_embedding=segment_embedding)
+def test_kv_cache_matches_full_forward(task, options):
+    cfg = gst_config("tiny", grid=(4, 4), **options)
     m = _random_model(cfg)
+    if cfg.image_code_dim:
+        g = torch.Generator().manual_seed(2)
+        m.set_codebooks(torch.randn(cfg.image_vocab, 8, generator=g),
+                        torch.randn(cfg.camera_vocab, 4, generator=g))
     lay, voc = cfg.layout, cfg.vocabulary
     g = torch.Generator().manual_seed(1)
     b = 2
@@ -151,6 +156,49 @@ def test_segment_embedding_tells_observation_from_target():
     diff = (h[5] - h[0]) - (m.seg_embeddings.weight[1] - m.seg_embeddings.weight[0])
     assert diff.abs().max() < 1e-6  # same code, same cell: differs by exactly the segment embedding
     assert (h[5] - h[0]).abs().max() > 1e-3
+
+
+def test_codebook_features_enter_codes_by_what_they_look_like():
+    """With image/camera_code_dim the input embedding of a code is its (zero-initialised) row plus a
+    learned map of its frozen codebook vector: codes with near-identical codebook vectors enter
+    near-identically, far ones far; task tokens are untouched; the buffers live in the state dict
+    (so a model directory carries them) and only when enabled; bad codebooks are refused by name."""
+    import torch.nn.functional as F
+
+    plain = GST(gst_config("tiny", grid=(2, 2)))
+    assert not any("codebook" in k or "code_proj" in k for k in plain.state_dict())
+    torch.manual_seed(0)
+    cfg = gst_config("tiny", grid=(2, 2), image_code_dim=8, camera_code_dim=4)
+    m = GST(cfg)
+    vocab = cfg.vocabulary
+    sd = m.state_dict()
+    assert sd["image_codebook"].shape == (cfg.image_vocab, 8)
+    assert sd["camera_codebook"].shape == (cfg.camera_vocab, 4)
+    assert sd["image_code_proj.weight"].shape == (cfg.dim, 8)
+    assert m.tok_embeddings.weight[: vocab.gen_token].abs().max() == 0  # code rows start at zero
+    assert m.tok_embeddings.weight[vocab.gen_token:].abs().min() > 0     # task tokens: plain init
+    g = torch.Generator().manual_seed(3)
+    img = torch.randn(cfg.image_vocab, 8, generator=g)
+    img[1] = img[0] * 3.0 + 0.01          # same direction as code 0 (the buffers are L2-normalised)
+    img[2] = -img[0]
+    cam = torch.randn(cfg.camera_vocab, 4, generator=g)
+    m.set_codebooks(img, cam)
+    assert torch.allclose(m.image_codebook, F.normalize(img, dim=-1))
+    ids = torch.tensor([[0, 1, 2, vocab.camera_offset + 5, vocab.est_token]])
+    with torch.no_grad():
+        h = m.embed(ids)[0]
+    assert (h[0] - h[1]).norm() < 0.05 * (h[0] - h[2]).norm()
+    expected_cam = m.camera_code_proj(F.normalize(cam[5], dim=-1))
+    assert torch.allclose(h[3], expected_cam, atol=1e-6)
+    assert torch.equal(h[4], m.tok_embeddings.weight[vocab.est_token])
+    with pytest.raises(ValueError, match="camera codebook has shape"):
+        m.set_codebooks(camera_codebook=cam[:5])
+    with pytest.raises(ValueError, match="non-finite"):
+        m.set_codebooks(img.clone().fill_(float("nan")))
+    with pytest.raises(ValueError, match="no image codebook features"):
+        plain.set_codebooks(img)
+    with pytest.raises(ValueError, match="code dims"):
+        gst_config("tiny", image_code_dim=-1)
 
 
 def test_forward_errors():

@@ -194,3 +194,32 @@ def test_camera_token_weights_reweight_the_camera_segment():
         camera_token_weights(V, targets, 0.0)
     with pytest.raises(ValueError, match="weights must have shape"):
         masked_cross_entropy(logits, targets, mask, torch.ones(1, 5))
+
+
+def test_noise_second_segment_randomises_only_teacher_forced_second_segment_inputs():
+    """Noise touches the inputs at 2n+1 .. 3n-1 only, with codes of the segment's own kind (camera
+    codes in <EST> order, image codes in <GEN> order), at about the asked rate; targets and loss
+    mask are not its business; rate 0 returns the inputs unchanged."""
+    from gst_ros.models.sequence import TASK_EST, TASK_GEN, noise_second_segment
+
+    vocab, lay = Vocabulary(image_vocab=500, camera_vocab=300), Layout(8, 8)
+    n, b = lay.n, 64
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 500, (b, n), generator=g)
+    img = torch.randint(0, 500, (b, n), generator=g)
+    cam = torch.randint(0, 300, (b, n), generator=g)
+    tasks = torch.tensor([TASK_GEN, TASK_EST] * (b // 2))
+    batch = make_batch(vocab, lay, obs, img, cam, tasks)
+    assert noise_second_segment(vocab, lay, batch.input_ids, tasks, 0.0) is batch.input_ids
+    noisy = noise_second_segment(vocab, lay, batch.input_ids, tasks, 0.3, torch.Generator().manual_seed(1))
+    changed = noisy != batch.input_ids
+    assert not changed[:, : 2 * n + 1].any()  # observation, task, first segment, first target token
+    rate = changed[:, 2 * n + 1:].float().mean().item()
+    assert 0.25 < rate < 0.32                                # 0.3 minus chance hits of the same code
+    est, gen = noisy[1::2, 2 * n + 1:], noisy[0::2, 2 * n + 1:]
+    assert ((est >= vocab.camera_offset) & (est < vocab.gen_token)).all()
+    assert (gen < vocab.image_vocab).all()
+    full = noise_second_segment(vocab, lay, batch.input_ids, tasks, 1.0, torch.Generator().manual_seed(2))
+    assert (full[:, 2 * n + 1:] != batch.input_ids[:, 2 * n + 1:]).float().mean() > 0.99
+    with pytest.raises(ValueError, match="noise rate"):
+        noise_second_segment(vocab, lay, batch.input_ids, tasks, 1.5)

@@ -56,6 +56,7 @@ from gst_ros.models.sequence import (
     loss_mask,
     make_batch,
     masked_cross_entropy,
+    noise_second_segment,
     sample_tasks,
 )
 from gst_ros.models.transformer import GST, GSTConfig, TransformerBlock, count_parameters, gst_config
@@ -93,6 +94,7 @@ class TrainConfig:
     cond_drop_prob: float = 0.1          # chance a sample's observation becomes the null condition
     p_gen: float = 0.5                   # joint: share of <GEN>-order samples
     camera_loss_weight: float = 1.0      # loss weight of camera-code targets (1: the paper's plain mean)
+    target_token_noise: float = 0.0      # share of teacher-forced second-segment inputs randomised
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -120,6 +122,7 @@ class TrainConfig:
                   (0 <= self.min_lr <= self.lr, "need 0 <= min_lr <= lr"),
                   (0.0 <= self.cond_drop_prob <= 1.0, "cond_drop_prob must lie in [0, 1]"),
                   (self.camera_loss_weight > 0, "camera_loss_weight must be > 0"),
+                  (0.0 <= self.target_token_noise <= 1.0, "target_token_noise must lie in [0, 1]"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
@@ -233,8 +236,8 @@ def _tokenizer_codebooks(cfg: TrainConfig, manifest: dict) -> tuple[torch.Tensor
     for cls, path in ((ImageTokenizer, cfg.image_tokenizer or meta.get("image_tokenizer", "")),
                       (CameraTokenizer, cfg.camera_tokenizer or meta.get("camera_tokenizer", ""))):
         if not path or not Path(path).is_dir():
-            raise ValueError(f"codebook_embedding_init needs the {cls.kind} tokenizer: no model directory "
-                             f"at {path!r} (set {cls.kind}_tokenizer)")
+            raise ValueError(f"the {cls.kind} tokenizer's codebook is needed (codebook init or features), "
+                             f"but there is no model directory at {path!r} (set {cls.kind}_tokenizer)")
         books.append(cls.from_dir(path).core.quantize.codebook().detach())
     return books[0], books[1]
 
@@ -426,9 +429,18 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     if init_state is not None:
         load_state_dict_strict(model, init_state, cfg.init_from)
         _say(info, f"initialised from {init_desc}")
-    elif cfg.codebook_embedding_init and not (out / CHECKPOINT).is_file():
-        codebook_embedding_init(model, *_tokenizer_codebooks(cfg, manifest), seed=cfg.seed)
-        _say(info, "code embeddings seeded from the tokenizers' codebooks")
+    elif not (out / CHECKPOINT).is_file():
+        features = (model_cfg.image_code_dim > 0, model_cfg.camera_code_dim > 0)
+        if cfg.codebook_embedding_init and any(features):
+            raise ValueError("codebook_embedding_init and codebook features (image_code_dim / "
+                             "camera_code_dim) both give the model the tokenizers' codebooks: use one")
+        if any(features):
+            image_book, camera_book = _tokenizer_codebooks(cfg, manifest)
+            model.set_codebooks(image_book if features[0] else None, camera_book if features[1] else None)
+            _say(info, "codebook features set from the tokenizers' codebooks")
+        elif cfg.codebook_embedding_init:
+            codebook_embedding_init(model, *_tokenizer_codebooks(cfg, manifest), seed=cfg.seed)
+            _say(info, "code embeddings seeded from the tokenizers' codebooks")
     model.to(device)
     if cfg.precision == "bf16" and device.type != "cuda":
         _say(info, "precision bf16 needs CUDA: this CPU run trains in fp32")
@@ -478,6 +490,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         for g in opt.param_groups:
             g["lr"] = lr
         tasks, dropped = step_draws(cfg, step)
+        noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1024 + info.rank)
         tasks, dropped = tasks[rs], dropped[rs]
         loss_sum = torch.zeros((), device=device)
         for k in range(cfg.grad_accum):
@@ -485,6 +498,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             sl = slice(k * micro, (k + 1) * micro)
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective,
                                                device)
+            inp = noise_second_segment(model_cfg.vocabulary, model_cfg.layout, inp, tasks[sl],
+                                       cfg.target_token_noise, noise_gen)
             with D.no_sync(wrapped, skip=k < cfg.grad_accum - 1):
                 weights = (None if cfg.camera_loss_weight == 1.0 else
                            camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))

@@ -303,6 +303,37 @@ def make_batch(vocab: Vocabulary, layout: Layout, observation: torch.Tensor, ima
                  loss_mask=loss_mask(layout, objective, b, seq.device), tasks=tasks, dropped=dropped)
 
 
+def noise_second_segment(vocab: Vocabulary, layout: Layout, input_ids: torch.Tensor, tasks: torch.Tensor,
+                         rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Input ids with teacher-forced tokens of the second segment replaced, each with probability
+    `rate`, by a uniformly random code of the same kind (camera codes in <EST> order, image codes
+    in <GEN> order); targets are untouched, so the returned ids pair with the same targets.
+
+    input_ids: (B, 3n) shifted inputs (`Batch.input_ids`); tasks: (B,) task codes. The inputs at
+    indices 2n+1 .. 3n-1 are the second segment's tokens fed back while it is predicted. Why: with
+    clean teacher forcing a camera token is mostly predictable from the camera tokens before it,
+    so only the first few need the target image; noise on those inputs makes every camera (and
+    image) token lean on the conditions, which is what pose estimation (and novel view synthesis)
+    depends on. Inference is unchanged."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
+    if rate == 0.0:
+        return input_ids
+    n = layout.n
+    b = input_ids.shape[0]
+    cpu = "cpu" if generator is None else generator.device
+    span = slice(2 * n + 1, 3 * n)
+    width = n - 1
+    hit = (torch.rand(b, width, generator=generator, device=cpu) < rate).to(input_ids.device)
+    u = torch.rand(b, width, generator=generator, device=cpu).to(input_ids.device)
+    is_est = (tasks.to(input_ids.device) == TASK_EST)[:, None]
+    random_camera = vocab.camera_offset + (u * vocab.camera_vocab).long().clamp(max=vocab.camera_vocab - 1)
+    random_image = (u * vocab.image_vocab).long().clamp(max=vocab.image_vocab - 1)
+    out = input_ids.clone()
+    out[:, span] = torch.where(hit, torch.where(is_est, random_camera, random_image), input_ids[:, span])
+    return out
+
+
 def sample_tasks(objective: str, batch: int, step: int = 0, generator: torch.Generator | None = None,
                  p_gen: float = 0.5) -> torch.Tensor:
     """(B,) task codes for one training step.

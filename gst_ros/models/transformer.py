@@ -23,6 +23,15 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   view is, to the first layer, indistinguishable from the observation token of the same code at
   the same place (docs/training.md, "Learning the relation on a CPU budget"; its effect on its
   own has not been measured).
+- optional codebook features (`image_code_dim` / `camera_code_dim` > 0, off for the paper's sizes
+  and every imported checkpoint): each image (camera) code's input embedding is its learned row
+  plus a learned linear map of its frozen, L2-normalised tokenizer codebook vector, stored in the
+  persistent buffers `image_codebook` (image_vocab, image_code_dim) / `camera_codebook` and set by
+  `set_codebooks`. The code rows of tok_embeddings then start at zero, so a from-scratch model
+  first sees what each code looks like and learns per-code corrections on top; two codes the
+  tokenizer uses for nearly the same patch enter nearly the same. Only the input side changes:
+  the output head still scores code ids (docs/training.md, "Learning the relation on a CPU
+  budget").
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -64,6 +73,8 @@ class GSTConfig:
     ffn_dropout: float = 0.1
     attn_dropout: float = 0.0
     segment_embedding: bool = False  # learned observation / first / second segment embedding
+    image_code_dim: int = 0   # > 0: image codes also enter as their (frozen) tokenizer codebook vector
+    camera_code_dim: int = 0  # > 0: the same for camera codes (the camera tokenizer's codebook)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -73,6 +84,8 @@ class GSTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D RoPE")
+        if self.image_code_dim < 0 or self.camera_code_dim < 0:
+            raise ValueError(f"code dims must be >= 0, got {self.image_code_dim}, {self.camera_code_dim}")
         if self.task_token_rope not in ("identity", "zero"):
             raise ValueError(f"task_token_rope must be 'identity' or 'zero', got {self.task_token_rope!r}")
 
@@ -240,6 +253,13 @@ class GST(nn.Module):
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.seg_embeddings = nn.Embedding(3, config.dim) if config.segment_embedding else None
+        self.image_code_proj = self.camera_code_proj = None
+        if config.image_code_dim:
+            self.register_buffer("image_codebook", torch.zeros(config.image_vocab, config.image_code_dim))
+            self.image_code_proj = nn.Linear(config.image_code_dim, config.dim, bias=False)
+        if config.camera_code_dim:
+            self.register_buffer("camera_codebook", torch.zeros(config.camera_vocab, config.camera_code_dim))
+            self.camera_code_proj = nn.Linear(config.camera_code_dim, config.dim, bias=False)
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
@@ -267,6 +287,47 @@ class GST(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
         nn.init.zeros_(self.output.weight)
+        vocab = self.config.vocabulary
+        with torch.no_grad():
+            if self.image_code_proj is not None:
+                self.tok_embeddings.weight[:vocab.image_vocab] = 0.0
+            if self.camera_code_proj is not None:
+                self.tok_embeddings.weight[vocab.camera_offset:vocab.camera_offset + vocab.camera_vocab] = 0.0
+
+    def set_codebooks(self, image_codebook: torch.Tensor | None = None,
+                      camera_codebook: torch.Tensor | None = None) -> None:
+        """Copy the tokenizers' codebooks ((image_vocab, image_code_dim), (camera_vocab,
+        camera_code_dim); code i is row i) into the codebook-feature buffers, L2-normalised as the
+        tokenizers' quantisers compare them. A codebook the model has no features for must be None."""
+        for book, buf, what in ((image_codebook, "image_codebook", "image"),
+                                (camera_codebook, "camera_codebook", "camera")):
+            if book is None:
+                continue
+            if not hasattr(self, buf):
+                raise ValueError(f"this GST has no {what} codebook features ({what}_code_dim = 0)")
+            target = getattr(self, buf)
+            if tuple(book.shape) != tuple(target.shape):
+                raise ValueError(f"{what} codebook has shape {tuple(book.shape)}, the model expects "
+                                 f"{tuple(target.shape)}")
+            if not torch.isfinite(book).all():
+                raise ValueError(f"{what} codebook holds non-finite values")
+            with torch.no_grad():
+                target.copy_(F.normalize(book.detach().float(), dim=-1).to(target))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, T, dim) of shared-vocabulary ids, codebook features included."""
+        h = self.tok_embeddings(idx)
+        vocab = self.config.vocabulary
+        if self.image_code_proj is not None:
+            is_image = (idx < vocab.image_vocab).unsqueeze(-1)
+            feats = self.image_codebook[idx.clamp(max=vocab.image_vocab - 1)]
+            h = h + self.image_code_proj(feats.to(h.dtype)) * is_image
+        if self.camera_code_proj is not None:
+            code = idx - vocab.camera_offset
+            is_camera = ((code >= 0) & (code < vocab.camera_vocab)).unsqueeze(-1)
+            feats = self.camera_codebook[code.clamp(0, vocab.camera_vocab - 1)]
+            h = h + self.camera_code_proj(feats.to(h.dtype)) * is_camera
+        return h
 
     def setup_caches(self, batch: int, max_seq_len: int | None = None, dtype=None, device=None) -> None:
         """Preallocate a KV cache for `batch` sequences of up to max_seq_len (default: the full
@@ -313,7 +374,7 @@ class GST(nn.Module):
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        h = self.tok_embeddings(idx)
+        h = self.embed(idx)
         if self.seg_embeddings is not None:
             seg = self.segment_ids[:t] if input_pos is None else self.segment_ids[input_pos]
             h = h + self.seg_embeddings(seg)[None]
