@@ -119,9 +119,14 @@ def test_training_lowers_loss_and_init_from_model_dir(tmp_path):
     cfg = tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst"), model_overrides={})
     second = train(cfg, tmp_path / "run2", progress=False)
     assert second["loss"] < float(log[0]["loss"]) - 0.3
-    with pytest.raises(ValueError, match="conflict with init_from"):
-        train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst")), tmp_path / "r3",
-              progress=False)
+    # the recipe that made the checkpoint continues it (equal sizes); a different size is refused
+    same = train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst")), tmp_path / "r3",
+                 progress=False)
+    assert same["loss"] < float(log[0]["loss"]) - 0.3
+    with pytest.raises(ValueError, match=r"\['dim'\] conflict with init_from"):
+        train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst"),
+                       model_overrides={**TINY["model_overrides"], "dim": 32}),
+              tmp_path / "r4", progress=False)
 
 
 @pytest.mark.slow
@@ -303,3 +308,52 @@ def test_codebook_features_come_from_the_tokenizers_and_travel_with_the_model(tm
               progress=False)
     with pytest.raises(ValueError, match="target_token_noise"):
         TrainConfig(target_token_noise=-0.1)
+
+
+def test_pose_probe_reads_a_rotation_the_tokens_encode(tmp_path):
+    """The pose probe learns a relative rotation that the token grids do encode (the target grid is
+    the observation's shifted by k columns, the rotation a yaw of 30k deg) far above chance on
+    held-out pairs with frozen codebook features, writes its log and report; and refuses a
+    codebook of the wrong size. Toy encoding: view k of a scene is a random grid whose first
+    column holds code k (a landmark whose look tells the viewing direction), and the rotation
+    from view a to view b is a yaw of 30 (b - a) deg."""
+    from training.probe_pose import PoseProbe, load_pairs, main
+
+    def yaw(deg):
+        a = np.radians(deg)
+        return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+    def shards(root, scenes, seed):
+        rng = np.random.default_rng(seed)
+        grid, n = (4, 4), 16
+        with ShardWriter(root, grid, 32, 8, pairs_per_shard=64) as w:
+            for s in range(scenes):
+                base = rng.integers(0, 32, (4, 4))
+                views = np.stack([np.concatenate([np.full((4, 1), k), base[:, 1:]], 1).reshape(-1)
+                                  for k in range(4)])
+                pairs = np.array([[0, k] for k in range(1, 4)] + [[k, 0] for k in range(1, 4)])
+                rel = np.tile(np.eye(4), (len(pairs), 1, 1))
+                for i, (a, b) in enumerate(pairs):
+                    rel[i, :3, :3] = yaw(30.0 * (b - a))
+                w.add_scene(f"s{s}", "toy", views, pairs, np.zeros((len(pairs), n), dtype=np.int64), rel,
+                            np.tile(np.eye(3), (len(pairs), 1, 1)))
+        return root
+
+    train_root, val_root = shards(tmp_path / "train", 100, 0), shards(tmp_path / "val", 20, 1)
+    obs, tgt, rot = load_pairs(val_root)
+    assert obs.shape == (120, 16) and torch.allclose(rot[0], torch.tensor(yaw(30.0)).float())
+    codebook = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    from training.probe_pose import probe
+
+    res = probe(load_pairs(train_root), (obs, tgt, rot), (4, 4), 32, codebook, epochs=5, batch=32,
+                progress=False)
+    assert res["rra15"] > 0.9 and res["median_deg"] < 10  # chance RRA@15 is ~0.001
+    assert set(res["bins"]) <= {"<30", "30-60", ">60"} and sum(n for n, _ in res["bins"].values()) == 120
+    with pytest.raises(ValueError, match="codebook has 5 codes"):
+        PoseProbe((4, 4), 32, codebook[:5])
+    assert main(["--shards", str(train_root), "--val-shards", str(val_root), "--features", "learned",
+                 "--epochs", "1", "--out", str(tmp_path / "out")]) == 0
+    assert "RRA@15" in (tmp_path / "out/results.md").read_text()
+    assert len(read_log(tmp_path / "out/probe_log.csv")) == 1
+    no_tokenizer = ["--shards", str(train_root), "--val-shards", str(val_root), "--out", str(tmp_path / "o2")]
+    assert main(no_tokenizer) == 2

@@ -192,8 +192,11 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
         for k, v in data.items():
             if getattr(base, k) != v:
                 raise ValueError(f"init checkpoint has {k}={getattr(base, k)} but the token shards have {v}")
-        sizes = {"dim", "n_layer", "n_head", "image_vocab", "camera_vocab", "grid"}
-        bad = sorted(set(cfg.model_overrides) & sizes)
+        sizes = {"dim", "n_layer", "n_head", "image_vocab", "camera_vocab", "grid", "segment_embedding",
+                 "image_code_dim", "camera_code_dim"}
+        # the recipe that made the checkpoint may be reused to continue it: equal sizes are fine
+        bad = sorted(k for k in set(cfg.model_overrides) & sizes
+                     if config_from_dict(GSTConfig, {**init_config, k: cfg.model_overrides[k]}) != base)
         if bad:
             raise ValueError(f"model_overrides {bad} conflict with init_from "
                              "(sizes come from the checkpoint)")
