@@ -37,7 +37,8 @@ from gst_ros.geometry.metrics import accuracy_at, rotation_error_deg
 from gst_ros.geometry.rotations import geodesic_angle, rotation_from_covariance
 from training.evaluate import ANGLE_BINS
 from training.logging_utils import CSVLogger
-from training.token_shards import TokenShardDataset
+from training.token_shards import TokenShardDataset, read_manifest
+from training.train_gst import tokenizer_codebook
 
 FEATURES = ("codebook", "learned")
 
@@ -136,13 +137,6 @@ def probe(train_pairs, val_pairs, grid, vocab: int, codebook: torch.Tensor | Non
             "epochs": history}
 
 
-def image_codebook(path) -> torch.Tensor:
-    """The (codebook_size, dim) codebook of the image tokenizer model directory at `path`."""
-    from gst_ros.models.tokenizer import ImageTokenizer
-
-    return ImageTokenizer.from_dir(path).core.quantize.codebook().detach()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,15 +155,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        manifest = TokenShardDataset(args.shards).manifest
+        manifest = read_manifest(args.shards)
         train_pairs, val_pairs = load_pairs(args.shards), load_pairs(args.val_shards)
-        codebook = None
-        if args.features == "codebook":
-            path = args.image_tokenizer or manifest.get("metadata", {}).get("image_tokenizer", "")
-            if not path or not Path(path).is_dir():
-                raise ValueError("--features codebook needs the image tokenizer: "
-                                 f"no model directory at {path!r}")
-            codebook = image_codebook(path)
+        codebook = (tokenizer_codebook("image", manifest, args.image_tokenizer)
+                    if args.features == "codebook" else None)
     except (ValueError, OSError) as e:
         print(f"probe_pose: {e}", file=sys.stderr)
         return 2

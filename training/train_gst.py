@@ -230,19 +230,18 @@ def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_cod
             w[rows] = ((w[rows].detach().cpu() + book @ proj) / math.sqrt(2.0)).to(w)
 
 
-def _tokenizer_codebooks(cfg: TrainConfig, manifest: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (image, camera) codebooks of the tokenizers the shards were made with."""
+def tokenizer_codebook(kind: str, manifest: dict, path: str = "") -> torch.Tensor:
+    """The (codebook_size, dim) codebook of the `kind` ("image" | "camera") tokenizer the shards
+    were made with: the model directory `path`, else the one pre-tokenisation recorded in the
+    manifest's metadata. A missing directory is a ValueError that names it."""
     from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
 
-    meta = manifest.get("metadata", {})
-    books = []
-    for cls, path in ((ImageTokenizer, cfg.image_tokenizer or meta.get("image_tokenizer", "")),
-                      (CameraTokenizer, cfg.camera_tokenizer or meta.get("camera_tokenizer", ""))):
-        if not path or not Path(path).is_dir():
-            raise ValueError(f"the {cls.kind} tokenizer's codebook is needed (codebook init or features), "
-                             f"but there is no model directory at {path!r} (set {cls.kind}_tokenizer)")
-        books.append(cls.from_dir(path).core.quantize.codebook().detach())
-    return books[0], books[1]
+    cls = {"image": ImageTokenizer, "camera": CameraTokenizer}[kind]
+    path = path or manifest.get("metadata", {}).get(f"{kind}_tokenizer", "")
+    if not path or not Path(path).is_dir():
+        raise ValueError(f"the {kind} tokenizer's codebook is needed, but there is no model directory "
+                         f"at {path!r} (set {kind}_tokenizer)")
+    return cls.from_dir(path).core.quantize.codebook().detach()
 
 
 def load_init(cfg: TrainConfig, manifest: dict) -> tuple[dict | None, dict | None, str]:
@@ -437,12 +436,14 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         if cfg.codebook_embedding_init and any(features):
             raise ValueError("codebook_embedding_init and codebook features (image_code_dim / "
                              "camera_code_dim) both give the model the tokenizers' codebooks: use one")
+        wanted = features if any(features) else (cfg.codebook_embedding_init,) * 2
+        image_book = tokenizer_codebook("image", manifest, cfg.image_tokenizer) if wanted[0] else None
+        camera_book = tokenizer_codebook("camera", manifest, cfg.camera_tokenizer) if wanted[1] else None
         if any(features):
-            image_book, camera_book = _tokenizer_codebooks(cfg, manifest)
-            model.set_codebooks(image_book if features[0] else None, camera_book if features[1] else None)
+            model.set_codebooks(image_book, camera_book)
             _say(info, "codebook features set from the tokenizers' codebooks")
         elif cfg.codebook_embedding_init:
-            codebook_embedding_init(model, *_tokenizer_codebooks(cfg, manifest), seed=cfg.seed)
+            codebook_embedding_init(model, image_book, camera_book, seed=cfg.seed)
             _say(info, "code embeddings seeded from the tokenizers' codebooks")
     model.to(device)
     if cfg.precision == "bf16" and device.type != "cuda":
