@@ -270,3 +270,27 @@ def test_bf16_forward_runs_and_is_close():
 
 def test_layout_matches_config():
     assert gst_config("B").layout == Layout(16, 16)
+
+
+def test_pose_head_reads_the_first_camera_token_input():
+    """return_pose gives the head's (B, 3, 3) output at input index 2n, which depends on the
+    tokens up to 2n and on none after it (causal); without a head, or with a KV cache, it is an
+    error that says so."""
+    cfg = gst_config("tiny", grid=(2, 2), pose_head=True, token_dropout=0.0, resid_dropout=0.0,
+                     ffn_dropout=0.0)
+    torch.manual_seed(0)
+    model = GST(cfg).eval()
+    n = cfg.layout.n
+    idx = torch.randint(0, cfg.image_vocab, (2, 3 * n))
+    logits, pose = model(idx, return_pose=True)
+    assert logits.shape == (2, 3 * n, cfg.vocab_size) and pose.shape == (2, 3, 3)
+    later = idx.clone()
+    later[:, 2 * n + 1:] = 0
+    torch.testing.assert_close(model(later, return_pose=True)[1], pose)
+    earlier = idx.clone()
+    earlier[:, 2 * n] = (idx[:, 2 * n] + 1) % cfg.image_vocab
+    assert not torch.allclose(model(earlier, return_pose=True)[1], pose)
+    with pytest.raises(ValueError, match="full training prefix"):
+        model(idx[:, : 2 * n], return_pose=True)
+    with pytest.raises(ValueError, match="pose_head=True"):
+        GST(gst_config("tiny", grid=(2, 2)))(idx, return_pose=True)

@@ -46,6 +46,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from gst_ros.geometry.metrics import accuracy_at, rotation_error_deg
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.io import config_from_dict, load_model_dir, load_state_dict_strict, save_model_dir
 from gst_ros.models.sequence import (
     OBJECTIVES,
@@ -95,6 +97,7 @@ class TrainConfig:
     p_gen: float = 0.5                   # joint: share of <GEN>-order samples
     camera_loss_weight: float = 1.0      # loss weight of camera-code targets (1: the paper's plain mean)
     target_token_noise: float = 0.0      # share of teacher-forced second-segment inputs randomised
+    pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -123,6 +126,7 @@ class TrainConfig:
                   (0.0 <= self.cond_drop_prob <= 1.0, "cond_drop_prob must lie in [0, 1]"),
                   (self.camera_loss_weight > 0, "camera_loss_weight must be > 0"),
                   (0.0 <= self.target_token_noise <= 1.0, "target_token_noise must lie in [0, 1]"),
+                  (self.pose_aux_weight >= 0, "pose_aux_weight must be >= 0"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
@@ -200,8 +204,33 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
         if bad:
             raise ValueError(f"model_overrides {bad} conflict with init_from "
                              "(sizes come from the checkpoint)")
-        return dataclasses.replace(base, **cfg.model_overrides)
-    return gst_config(cfg.model, **{**cfg.model_overrides, **data})
+        return dataclasses.replace(base, **cfg.model_overrides, **_pose_head(cfg, base.pose_head))
+    return gst_config(cfg.model, **{**cfg.model_overrides, **data, **_pose_head(cfg, False)})
+
+
+def _pose_head(cfg: TrainConfig, has_head: bool) -> dict:
+    """{"pose_head": True} when pose_aux_weight needs a head the model would not have otherwise."""
+    wants = cfg.pose_aux_weight > 0 and not cfg.model_overrides.get("pose_head", has_head)
+    return {"pose_head": True} if wants else {}
+
+
+def init_state_with_new_heads(model: GST, state: dict) -> dict:
+    """`state` (an init checkpoint's) completed with the model's own freshly initialised pose-head
+    tensors when the checkpoint has none: a pose head may be added to a trained model, every other
+    tensor must still match (load_state_dict_strict)."""
+    extra = {k: v for k, v in model.state_dict().items() if k.startswith("pose_head.") and k not in state}
+    return {**state, **extra}
+
+
+def pose_aux_loss(pose: torch.Tensor, rel_w2c: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """Mean squared Frobenius distance between the pose head's 3x3 outputs (B, 3, 3) and the true
+    relative rotations rel_w2c[:, :3, :3] (target camera in the observation's camera frame, w2c,
+    OpenCV axes), over the samples where `use` (B,) bool holds (<EST> order, observation kept).
+    No sample in use: a zero that still touches the head, so every rank's graph is the same."""
+    if not bool(use.any()):
+        return pose.sum() * 0.0
+    target = rel_w2c[:, :3, :3].to(pose)
+    return (pose[use] - target[use]).pow(2).sum(dim=(1, 2)).mean()
 
 
 def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_codebook: torch.Tensor,
@@ -337,7 +366,9 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     for another pair's (a roll by one within the batch) minus val_nll_camera, i.e. what the target
     image is worth to the pose estimate; val_image_gain_camera = the same for the image segment
     of <GEN> with the camera swapped, what the camera is worth to the novel view. Both are ~0
-    while the model ignores that condition (it has then learned only the marginal)."""
+    while the model ignores that condition (it has then learned only the marginal). A model with
+    a pose head adds val_pose_head_rra15: the share of <EST> pairs whose head rotation (projected
+    onto SO(3)) is within 15 degrees of the truth."""
     was = model.training
     model.eval()
     n = min(len(data), cfg.val_batches * batch)
@@ -345,6 +376,7 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     keys = ("val_loss", "val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera")
     sums = dict.fromkeys(keys, 0.0)
     count = swapped_count = 0
+    errors = []
     no_drop = torch.zeros(batch, dtype=torch.bool)
     for start in range(0, n, batch):
         tokens = collate([data[i] for i in range(start, min(n, start + batch))])
@@ -356,7 +388,12 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
             tasks = torch.full((b,), task)
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks, no_drop[:b], "joint", device)
             with autocast_for(device, cfg):
-                logits = model(inp)
+                if task == TASK_EST and model_cfg.pose_head:
+                    logits, pose = model(inp, return_pose=True)
+                    errors.append(rotation_error_deg(rotation_from_covariance(pose.double().cpu()),
+                                                     tokens["rel_w2c"][:, :3, :3].double()))
+                else:
+                    logits = model(inp)
             sums["val_loss"] += 0.5 * float(masked_cross_entropy(logits, tgt, mask)) * b
             nll = float(masked_cross_entropy(logits, tgt, second))
             sums[key] += nll * b
@@ -369,7 +406,10 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
         count += b
         swapped_count += b if b > 1 else 0
     model.train(was)
-    return {k: v / max(swapped_count if "gain" in k else count, 1) for k, v in sums.items()}
+    out = {k: v / max(swapped_count if "gain" in k else count, 1) for k, v in sums.items()}
+    if errors:
+        out["val_pose_head_rra15"] = accuracy_at(np.concatenate(errors), (15.0,))[15.0]
+    return out
 
 
 # ------------------------------------------------------------------ export
@@ -429,7 +469,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
     model = GST(model_cfg)
     if init_state is not None:
-        load_state_dict_strict(model, init_state, cfg.init_from)
+        load_state_dict_strict(model, init_state_with_new_heads(model, init_state), cfg.init_from)
         _say(info, f"initialised from {init_desc}")
     elif not (out / CHECKPOINT).is_file():
         features = (model_cfg.image_code_dim > 0, model_cfg.camera_code_dim > 0)
@@ -497,6 +537,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1024 + info.rank)
         tasks, dropped = tasks[rs], dropped[rs]
         loss_sum = torch.zeros((), device=device)
+        aux_sum = torch.zeros((), device=device)
         for k in range(cfg.grad_accum):
             tokens = next(it)
             sl = slice(k * micro, (k + 1) * micro)
@@ -508,9 +549,17 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                 weights = (None if cfg.camera_loss_weight == 1.0 else
                            camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))
                 with autocast_for(device, cfg):
-                    loss = masked_cross_entropy(wrapped(inp), tgt, mask, weights) / cfg.grad_accum
+                    if cfg.pose_aux_weight > 0:
+                        logits, pose = wrapped(inp, return_pose=True)
+                        use = ((tasks[sl] == TASK_EST) & ~dropped[sl]).to(device)
+                        aux = pose_aux_loss(pose, tokens["rel_w2c"].to(device), use)
+                        aux_sum += aux.detach() / cfg.grad_accum
+                    else:
+                        logits, aux = wrapped(inp), 0.0
+                    ce = masked_cross_entropy(logits, tgt, mask, weights)
+                    loss = (ce + cfg.pose_aux_weight * aux) / cfg.grad_accum
                 loss.backward()
-            loss_sum += loss.detach()
+            loss_sum += ce.detach() / cfg.grad_accum
         grad_norm = D.clip_grad_norm(wrapped, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -525,6 +574,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             now = time.perf_counter()
             row = {"step": done, "loss": loss_v, "grad_norm": float(grad_norm), "lr": lr,
                    "tokens_per_s": tokens_per_step * steps_since / max(now - t_last, 1e-9)}
+            if cfg.pose_aux_weight > 0:
+                row["pose_aux"] = float(D.mean_over_ranks(aux_sum, info))
             t_last, steps_since = now, 0
             bar.set_postfix(loss=f"{loss_v:.4f}", gnorm=f"{float(grad_norm):.3f}", lr=f"{lr:.2e}")
         if val is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):

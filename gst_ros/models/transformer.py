@@ -32,6 +32,12 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   tokenizer uses for nearly the same patch enter nearly the same. Only the input side changes:
   the output head still scores code ids (docs/training.md, "Learning the relation on a CPU
   budget").
+- optional pose head (`pose_head=True`, off for the paper's sizes and every imported checkpoint):
+  a two-layer MLP on the final normed hidden state of the last target-view input of the <EST>
+  order (input index 2n, the one that predicts the first camera token) that regresses the 3x3
+  relative rotation. It is a training aid only (training/train_gst.py, `pose_aux_weight`): a
+  dense loss that makes the trunk compute the pose at the very position whose next token is
+  the first camera code. The engine still reads every pose from the generated camera tokens.
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -75,6 +81,7 @@ class GSTConfig:
     segment_embedding: bool = False  # learned observation / first / second segment embedding
     image_code_dim: int = 0   # > 0: image codes also enter as their (frozen) tokenizer codebook vector
     camera_code_dim: int = 0  # > 0: the same for camera codes (the camera tokenizer's codebook)
+    pose_head: bool = False   # auxiliary rotation head on the <EST> first-camera-token input (training aid)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -264,6 +271,10 @@ class GST(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.pose_head = None
+        if config.pose_head:
+            d = config.dim
+            self.pose_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 9))
         layout = config.layout
         rows, cols = layout.grid_positions()
         table = rope_table(rows, cols, config.head_dim, config.rope_base)
@@ -348,13 +359,17 @@ class GST(nn.Module):
             layer.attention.kv_cache = None
         self.causal_mask = torch.ones(0, 0, dtype=torch.bool, device=self.output.weight.device)
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) in fp32.
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_pose: bool = False):
+        """Logits (B, T, vocab_size) in fp32; with return_pose, (logits, pose (B, 3, 3) fp32).
 
         idx: (B, T) shared-vocabulary ids. Without input_pos, idx is a sequence prefix starting at
         sequence index 0 (training, or recomputation) under a causal mask. With input_pos (T,)
         long, the sequence indices of idx (increasing, contiguous with what the cache holds),
-        the keys/values go to the KV cache set up by setup_caches and attention covers the cache."""
+        the keys/values go to the KV cache set up by setup_caches and attention covers the cache.
+        return_pose (training, no input_pos, a model with pose_head, T > 2n): also the pose head's
+        unconstrained 3x3 output at input index 2n. For an <EST>-order sequence it estimates the
+        rotation of the target camera in the observation's camera frame (w2c convention,
+        x_target = R x_observation + t, OpenCV axes); for <GEN> order it means nothing."""
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -381,7 +396,16 @@ class GST(nn.Module):
         h = self.tok_dropout(h)
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask)
-        return self.output(self.norm(h)).float()
+        h = self.norm(h)
+        logits = self.output(h).float()
+        if not return_pose:
+            return logits
+        if self.pose_head is None:
+            raise ValueError("return_pose needs a GST with pose_head=True")
+        at = 2 * self.config.layout.n
+        if input_pos is not None or t <= at:
+            raise ValueError(f"return_pose needs a full training prefix of more than {at} tokens")
+        return logits, self.pose_head(h[:, at]).float().view(-1, 3, 3)
 
 
 def count_parameters(model: nn.Module) -> int:
