@@ -64,6 +64,13 @@ def test_lr_schedule_and_config_checks():
         TrainConfig(batch_size=10, grad_accum=4)
     with pytest.raises(ValueError, match="unknown train_gst config fields"):
         load_config(None, {"learning_rate": 1})
+    # YAML 1.1 reads 5e-4 without a dot as a string: numbers are numbers however they are written
+    from training.train_gst import parse_set
+
+    cfg = load_config(None, parse_set(["lr=5e-4", "min_lr=1e-5", "pose_aux_weight=4"]))
+    assert cfg.lr == 5e-4 and cfg.min_lr == 1e-5 and cfg.pose_aux_weight == 4.0
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        TrainConfig(lr="fast")
 
 
 def test_paper_recipe_config():

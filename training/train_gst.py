@@ -115,6 +115,13 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        for f in dataclasses.fields(self):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ValueError(f"train_gst config: {f.name} must be a number, got {value!r}") from None
         checks = [(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
                   (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}"),
                   (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
