@@ -106,7 +106,9 @@ def test_task_token_rope_choices():
 
 
 @pytest.mark.parametrize("options", [{}, {"segment_embedding": True},
-                                     {"image_code_dim": 8, "camera_code_dim": 4}])
+                                     {"image_code_dim": 8, "camera_code_dim": 4},
+                                     {"image_code_dim": 8, "camera_code_dim": 4,
+                                      "aligned_observation": True}])
 @pytest.mark.parametrize("task", ["gen", "est"])
 def test_kv_cache_matches_full_forward(task, options):
     cfg = gst_config("tiny", grid=(4, 4), **options)
@@ -115,6 +117,9 @@ def test_kv_cache_matches_full_forward(task, options):
         g = torch.Generator().manual_seed(2)
         m.set_codebooks(torch.randn(cfg.image_vocab, 8, generator=g),
                         torch.randn(cfg.camera_vocab, 4, generator=g))
+    if cfg.aligned_observation:  # zero at init: make it count
+        with torch.no_grad():
+            m.aligned_proj.weight.normal_(0, 0.5)
     lay, voc = cfg.layout, cfg.vocabulary
     g = torch.Generator().manual_seed(1)
     b = 2
@@ -294,3 +299,35 @@ def test_pose_head_reads_the_first_camera_token_input():
         model(idx[:, : 2 * n], return_pose=True)
     with pytest.raises(ValueError, match="pose_head=True"):
         GST(gst_config("tiny", grid=(2, 2)))(idx, return_pose=True)
+
+
+def test_aligned_observation_gives_each_target_token_the_observation_code_of_its_cell():
+    """A target-view image token's input gains aligned_proj(codebook[observation code at the same
+    grid cell]); observation, task token and camera tokens gain nothing; the map starts at zero
+    (a model gaining it is unchanged at first); it needs codebook features; a decode step without
+    a prefill from index 0 is an error."""
+    with pytest.raises(ValueError, match="image_code_dim"):
+        gst_config("tiny", grid=(2, 2), aligned_observation=True)
+    cfg = gst_config("tiny", grid=(2, 2), image_code_dim=8, aligned_observation=True)
+    m = GST(cfg)
+    assert float(m.aligned_proj.weight.abs().sum()) == 0.0
+    g = torch.Generator().manual_seed(0)
+    m.set_codebooks(torch.randn(cfg.image_vocab, 8, generator=g))
+    with torch.no_grad():
+        m.aligned_proj.weight.normal_(0, 1.0, generator=g)
+    n, voc = cfg.layout.n, cfg.vocabulary
+    obs = torch.tensor([[3, 5, 7, 9]])
+    img = torch.tensor([[11, 12, 13, 14]])
+    cam = torch.tensor([[1, 2, 3, 4]])
+    seq = make_batch(voc, cfg.layout, obs, img, cam, "est").input_ids  # [o, <EST>, i, c[:-1]]
+    term = m.aligned_observation(seq, torch.arange(seq.shape[1]), obs)
+    books = m.aligned_proj(m.image_codebook[obs[0]])  # (n, dim): the term of each cell
+    torch.testing.assert_close(term[0, n + 1: 2 * n + 1], books)
+    assert float(term[0, : n + 1].abs().sum()) == 0.0 and float(term[0, 2 * n + 1:].abs().sum()) == 0.0
+    gen = make_batch(voc, cfg.layout, obs, img, cam, "gen").input_ids  # [o, <GEN>, c, i[:-1]]
+    term = m.aligned_observation(gen, torch.arange(gen.shape[1]), obs)
+    torch.testing.assert_close(term[0, 2 * n + 1:], books[: n - 1])
+    assert float(term[0, : 2 * n + 1].abs().sum()) == 0.0
+    m.setup_caches(1)
+    with pytest.raises(RuntimeError, match="prefill the cache from index 0"):
+        m(seq[:, n + 1: n + 2], input_pos=torch.tensor([n + 1]))

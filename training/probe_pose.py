@@ -13,6 +13,11 @@ minutes on a CPU: run it before spending hours on a transformer, and when a toke
 A probe far above the transformer's RRA says the transformer has not learned to read the pose
 yet; a probe near chance says the tokens do not hold it (a tokenizer or data problem).
 
+`--network gst` swaps the CNN for a small GST trunk (GSTPoseProbe: [observation, <EST>, target
+view] in, a pose head at the last target-view token; `--gst-dim`, `--gst-layers`, `--aligned`
+for the aligned-observation input): how fast the transformer architecture itself learns to read
+the pose, in the same minutes, without camera tokens or an image loss in the way.
+
 Loss: squared Frobenius distance between the network's 3x3 output and the true rotation; the
 prediction is that output projected onto SO(3) (orthogonal Procrustes). Rotations act on column
 vectors, OpenCV camera axes (the shards' convention, training/token_shards.py).
@@ -35,12 +40,14 @@ from tqdm import tqdm
 
 from gst_ros.geometry.metrics import accuracy_at, rotation_error_deg
 from gst_ros.geometry.rotations import geodesic_angle, rotation_from_covariance
+from gst_ros.models.sequence import build_prefix
 from training.evaluate import ANGLE_BINS
 from training.logging_utils import CSVLogger
 from training.token_shards import TokenShardDataset, read_manifest
 from training.train_gst import tokenizer_codebook
 
 FEATURES = ("codebook", "learned")
+NETWORKS = ("cnn", "gst")
 
 
 def load_pairs(root) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,8 +95,33 @@ class PoseProbe(nn.Module):
         return self.net(x).view(b, 3, 3)
 
 
+class GSTPoseProbe(nn.Module):
+    """The GST trunk as a probe: a small GST (codebook features, segment embedding, pose head,
+    optionally the aligned observation) reads the <EST> prefix [observation, <EST>, target view]
+    and its pose head regresses the rotation at the last target-view token, the position that
+    predicts the first camera code. It measures how fast the transformer itself can learn to
+    read the pose, separately from the camera tokens and the image loss."""
+
+    def __init__(self, grid: tuple[int, int], vocab: int, codebook: torch.Tensor, dim: int = 128,
+                 n_layer: int = 2, aligned: bool = False):
+        super().__init__()
+        from gst_ros.models.transformer import GST, GSTConfig
+
+        cfg = GSTConfig(dim=dim, n_layer=n_layer, n_head=max(1, dim // 64), image_vocab=vocab, camera_vocab=1,
+                        grid=tuple(grid), image_code_dim=codebook.shape[1], segment_embedding=True,
+                        pose_head=True, aligned_observation=aligned, token_dropout=0.0, resid_dropout=0.0,
+                        ffn_dropout=0.0)
+        self.gst = GST(cfg)
+        self.gst.set_codebooks(codebook)
+
+    def forward(self, observation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.gst.config
+        prefix = build_prefix(cfg.vocabulary, cfg.layout, observation, "est", target)
+        return self.gst(prefix, return_pose=True)[1]
+
+
 @torch.no_grad()
-def predict_rotations(model: PoseProbe, observation: torch.Tensor, target: torch.Tensor,
+def predict_rotations(model: nn.Module, observation: torch.Tensor, target: torch.Tensor,
                       batch: int = 512) -> torch.Tensor:
     """(P, 3, 3) float64 rotations (the probe's output projected onto SO(3))."""
     model.eval()
@@ -99,11 +131,17 @@ def predict_rotations(model: PoseProbe, observation: torch.Tensor, target: torch
 
 def probe(train_pairs, val_pairs, grid, vocab: int, codebook: torch.Tensor | None = None, epochs: int = 5,
           batch: int = 128, lr: float = 1e-3, seed: int = 0, log: CSVLogger | None = None,
-          progress: bool = True) -> dict:
-    """Train the probe on `train_pairs` (load_pairs output), evaluate on `val_pairs` after every
+          progress: bool = True, network: str = "cnn", gst_options: dict | None = None) -> dict:
+    """Train the probe (`network` "cnn": PoseProbe; "gst": GSTPoseProbe with `gst_options`, which
+    needs the codebook) on `train_pairs` (load_pairs output), evaluate on `val_pairs` after every
     epoch. Returns {"rra15", "rra30", "median_deg", "bins": {bin: (count, rra15)}, "epochs": [...]}."""
     torch.manual_seed(seed)
-    model = PoseProbe(grid, vocab, codebook)
+    if network == "gst":
+        if codebook is None:
+            raise ValueError("the GST probe enters codes by their codebook vectors: give the codebook")
+        model = GSTPoseProbe(grid, vocab, codebook, **(gst_options or {}))
+    else:
+        model = PoseProbe(grid, vocab, codebook)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr, weight_decay=0.01)
     obs, tgt, rot = train_pairs
     gen = torch.Generator().manual_seed(seed)
@@ -144,6 +182,11 @@ def main(argv=None) -> int:
     p.add_argument("--val-shards", required=True, help="held-out token shards")
     p.add_argument("--image-tokenizer", default="", help="tokenizer dir (default: the one the shards record)")
     p.add_argument("--features", choices=FEATURES, default="codebook")
+    p.add_argument("--network", choices=NETWORKS, default="cnn",
+                   help="cnn: the convolutional probe; gst: a small GST trunk with a pose head")
+    p.add_argument("--gst-dim", type=int, default=128)
+    p.add_argument("--gst-layers", type=int, default=2)
+    p.add_argument("--aligned", action="store_true", help="gst: with the aligned observation input")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -166,8 +209,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res = probe(train_pairs, val_pairs, tuple(manifest["grid"]), int(manifest["image_vocab"]), codebook,
                 epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                log=CSVLogger(out / "probe_log.csv", resume=False))
-    lines = [f"# Pose probe ({args.features} features, {args.epochs} epochs, "
+                log=CSVLogger(out / "probe_log.csv", resume=False), network=args.network,
+                gst_options={"dim": args.gst_dim, "n_layer": args.gst_layers, "aligned": args.aligned})
+    what = (f"GST trunk dim {args.gst_dim}, {args.gst_layers} layers{', aligned observation' * args.aligned}"
+            if args.network == "gst" else "CNN")
+    lines = [f"# Pose probe ({what}, {args.features} features, {args.epochs} epochs, "
              f"{len(train_pairs[0])} training pairs, {time.perf_counter() - t0:.0f} s)", "",
              f"Held-out pairs: {len(val_pairs[0])}. RRA@15 {res['rra15']:.3f}, RRA@30 {res['rra30']:.3f}, "
              f"median error {res['median_deg']:.1f} deg.", "",

@@ -221,11 +221,15 @@ def _pose_head(cfg: TrainConfig, has_head: bool) -> dict:
     return {"pose_head": True} if wants else {}
 
 
+ADDABLE_MODULES = ("pose_head.", "aligned_proj.")  # optional parts a trained model may gain
+
+
 def init_state_with_new_heads(model: GST, state: dict) -> dict:
-    """`state` (an init checkpoint's) completed with the model's own freshly initialised pose-head
-    tensors when the checkpoint has none: a pose head may be added to a trained model, every other
-    tensor must still match (load_state_dict_strict)."""
-    extra = {k: v for k, v in model.state_dict().items() if k.startswith("pose_head.") and k not in state}
+    """`state` (an init checkpoint's) completed with the model's own freshly initialised tensors of
+    the optional parts it lacks (the pose head, the aligned-observation map, which starts at zero
+    and so changes nothing at first): they may be added to a trained model, every other tensor
+    must still match (load_state_dict_strict)."""
+    extra = {k: v for k, v in model.state_dict().items() if k.startswith(ADDABLE_MODULES) and k not in state}
     return {**state, **extra}
 
 

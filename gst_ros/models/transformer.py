@@ -32,6 +32,13 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   tokenizer uses for nearly the same patch enter nearly the same. Only the input side changes:
   the output head still scores code ids (docs/training.md, "Learning the relation on a CPU
   budget").
+- optional aligned observation (`aligned_observation=True`, needs image codebook features; off for
+  the paper's sizes and every imported checkpoint): every image token of the target view (after
+  the task token, in either order) also enters with a learned linear map (`aligned_proj`, zero
+  at init) of the codebook vector of the observation's code at the same grid cell, so the first
+  layer compares the two views cell by cell, as a convolution over the stacked grids does
+  (docs/training.md, "Reading the pose"). With a KV cache the observation is remembered from the
+  prefill that starts at index 0.
 - optional pose head (`pose_head=True`, off for the paper's sizes and every imported checkpoint):
   a two-layer MLP on the final normed hidden state of the last target-view input of the <EST>
   order (input index 2n, the one that predicts the first camera token) that regresses the 3x3
@@ -81,7 +88,8 @@ class GSTConfig:
     segment_embedding: bool = False  # learned observation / first / second segment embedding
     image_code_dim: int = 0   # > 0: image codes also enter as their (frozen) tokenizer codebook vector
     camera_code_dim: int = 0  # > 0: the same for camera codes (the camera tokenizer's codebook)
-    pose_head: bool = False   # auxiliary rotation head on the <EST> first-camera-token input (training aid)
+    pose_head: bool = False   # auxiliary rotation head at the <EST> first-camera-token input
+    aligned_observation: bool = False  # target-view image tokens also get the observation code of their cell
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -91,6 +99,8 @@ class GSTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D RoPE")
+        if self.aligned_observation and self.image_code_dim < 1:
+            raise ValueError("aligned_observation uses the image codebook features: set image_code_dim")
         if self.image_code_dim < 0 or self.camera_code_dim < 0:
             raise ValueError(f"code dims must be >= 0, got {self.image_code_dim}, {self.camera_code_dim}")
         if self.task_token_rope not in ("identity", "zero"):
@@ -267,6 +277,10 @@ class GST(nn.Module):
         if config.camera_code_dim:
             self.register_buffer("camera_codebook", torch.zeros(config.camera_vocab, config.camera_code_dim))
             self.camera_code_proj = nn.Linear(config.camera_code_dim, config.dim, bias=False)
+        self.aligned_proj = None
+        if config.aligned_observation:
+            self.aligned_proj = nn.Linear(config.image_code_dim, config.dim, bias=False)
+        self._observation: torch.Tensor | None = None  # the cached sequence's observation codes
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
@@ -283,6 +297,8 @@ class GST(nn.Module):
         self.register_buffer("rope", table, persistent=False)
         if config.segment_embedding:
             self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
+        if config.aligned_observation:
+            self.register_buffer("cell_ids", rows * config.grid[1] + cols, persistent=False)
         self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
@@ -298,6 +314,8 @@ class GST(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
         nn.init.zeros_(self.output.weight)
+        if self.aligned_proj is not None:
+            nn.init.zeros_(self.aligned_proj.weight)
         vocab = self.config.vocabulary
         with torch.no_grad():
             if self.image_code_proj is not None:
@@ -340,6 +358,34 @@ class GST(nn.Module):
             h = h + self.camera_code_proj(feats.to(h.dtype)) * is_camera
         return h
 
+    def aligned_observation(self, idx: torch.Tensor, positions: torch.Tensor,
+                            observation: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim): for each image token of the target view in idx (B, T) at sequence indices
+        `positions` (T,), aligned_proj of the codebook vector of the observation's code
+        (observation (B, n) image codes, row-major over the grid) at the same grid cell; zero
+        for the observation, the task token and camera codes."""
+        n = self.config.layout.n
+        feats = self.aligned_proj(self.image_codebook[observation].to(self.aligned_proj.weight.dtype))
+        per_token = feats[:, self.cell_ids[positions]]
+        use = (positions > n)[None, :, None] & (idx < self.config.image_vocab)[..., None]
+        return per_token * use
+
+    def _aligned_term(self, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        """The aligned-observation input term of forward: the observation is idx's first n tokens
+        (a prefix from index 0), remembered at a cache prefill for the decode steps after it."""
+        n, t = self.config.layout.n, idx.shape[1]
+        if input_pos is None:
+            if t <= n + 1:  # no target-view token yet
+                return torch.zeros((), dtype=self.aligned_proj.weight.dtype, device=idx.device)
+            return self.aligned_observation(idx, torch.arange(t, device=idx.device), idx[:, :n])
+        if int(input_pos[0]) == 0:
+            if t < n:
+                raise ValueError(f"a cache prefill must hold the whole observation ({n} tokens), got {t}")
+            self._observation = idx[:, :n]
+        if self._observation is None:
+            raise RuntimeError("aligned_observation needs the observation: prefill the cache from index 0")
+        return self.aligned_observation(idx, input_pos, self._observation)
+
     def setup_caches(self, batch: int, max_seq_len: int | None = None, dtype=None, device=None) -> None:
         """Preallocate a KV cache for `batch` sequences of up to max_seq_len (default: the full
         3n+1) tokens in every layer."""
@@ -358,6 +404,7 @@ class GST(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.causal_mask = torch.ones(0, 0, dtype=torch.bool, device=self.output.weight.device)
+        self._observation = None
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_pose: bool = False):
         """Logits (B, T, vocab_size) in fp32; with return_pose, (logits, pose (B, 3, 3) fp32).
@@ -390,6 +437,8 @@ class GST(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         h = self.embed(idx)
+        if self.aligned_proj is not None:
+            h = h + self._aligned_term(idx, input_pos)
         if self.seg_embeddings is not None:
             seg = self.segment_ids[:t] if input_pos is None else self.segment_ids[input_pos]
             h = h + self.seg_embeddings(seg)[None]
