@@ -14,7 +14,7 @@ A probe far above the transformer's RRA says the transformer has not learned to 
 yet; a probe near chance says the tokens do not hold it (a tokenizer or data problem).
 
 `--network gst` swaps the CNN for a small GST trunk (GSTPoseProbe: [observation, <EST>, target
-view] in, a pose head at the last target-view token; `--gst-dim`, `--gst-layers`, `--aligned`
+view] in, the GST pose head on the target view's states; `--gst-dim`, `--gst-layers`, `--aligned`
 for the aligned-observation input): how fast the transformer architecture itself learns to read
 the pose, in the same minutes, without camera tokens or an image loss in the way.
 
@@ -98,8 +98,8 @@ class PoseProbe(nn.Module):
 class GSTPoseProbe(nn.Module):
     """The GST trunk as a probe: a small GST (codebook features, segment embedding, pose head,
     optionally the aligned observation) reads the <EST> prefix [observation, <EST>, target view]
-    and its pose head regresses the rotation at the last target-view token, the position that
-    predicts the first camera code. It measures how fast the transformer itself can learn to
+    and its pose head regresses the rotation from the target view's states (the head of
+    GSTConfig.pose_head, the one the auxiliary pose loss trains). It measures how fast the transformer itself can learn to
     read the pose, separately from the camera tokens and the image loss."""
 
     def __init__(self, grid: tuple[int, int], vocab: int, codebook: torch.Tensor, dim: int = 128,

@@ -40,11 +40,13 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   (docs/training.md, "Reading the pose"). With a KV cache the observation is remembered from the
   prefill that starts at index 0.
 - optional pose head (`pose_head=True`, off for the paper's sizes and every imported checkpoint):
-  a two-layer MLP on the final normed hidden state of the last target-view input of the <EST>
-  order (input index 2n, the one that predicts the first camera token) that regresses the 3x3
-  relative rotation. It is a training aid only (training/train_gst.py, `pose_aux_weight`): a
-  dense loss that makes the trunk compute the pose at the very position whose next token is
-  the first camera code. The engine still reads every pose from the generated camera tokens.
+  regresses the 3x3 relative rotation from the final normed hidden states of the target view in
+  the <EST> order (input indices n+1 .. 2n): each cell's state is mapped to 16 features, the
+  grid of them is flattened and a two-layer MLP gives the matrix (a per-cell read-out with
+  position-specific weights: reading one token instead learned far slower, docs/training.md,
+  "Reading the pose"). It is a training aid only (training/train_gst.py, `pose_aux_weight`): a
+  dense loss that makes every target-view cell carry the pose, which the camera tokens after it
+  attend to. The engine still reads every pose from the generated camera tokens.
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -59,6 +61,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gst_ros.models.sequence import Layout, Vocabulary
+
+POSE_CELL_FEATURES = 16  # pose head: features per target-view cell before the flattened MLP
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -88,7 +92,7 @@ class GSTConfig:
     segment_embedding: bool = False  # learned observation / first / second segment embedding
     image_code_dim: int = 0   # > 0: image codes also enter as their (frozen) tokenizer codebook vector
     camera_code_dim: int = 0  # > 0: the same for camera codes (the camera tokenizer's codebook)
-    pose_head: bool = False   # auxiliary rotation head at the <EST> first-camera-token input
+    pose_head: bool = False   # auxiliary rotation head on the <EST> target-view states
     aligned_observation: bool = False  # target-view image tokens also get the observation code of their cell
 
     def __post_init__(self):
@@ -287,8 +291,9 @@ class GST(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.pose_head = None
         if config.pose_head:
-            d = config.dim
-            self.pose_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 9))
+            self.pose_head = nn.Sequential(nn.Linear(config.dim, POSE_CELL_FEATURES), nn.Flatten(),
+                                           nn.Linear(config.layout.n * POSE_CELL_FEATURES, 256), nn.GELU(),
+                                           nn.Linear(256, 9))
         layout = config.layout
         rows, cols = layout.grid_positions()
         table = rope_table(rows, cols, config.head_dim, config.rope_base)
@@ -414,7 +419,7 @@ class GST(nn.Module):
         long, the sequence indices of idx (increasing, contiguous with what the cache holds),
         the keys/values go to the KV cache set up by setup_caches and attention covers the cache.
         return_pose (training, no input_pos, a model with pose_head, T > 2n): also the pose head's
-        unconstrained 3x3 output at input index 2n. For an <EST>-order sequence it estimates the
+        unconstrained 3x3 output from input indices n+1 .. 2n. For an <EST>-order sequence it estimates the
         rotation of the target camera in the observation's camera frame (w2c convention,
         x_target = R x_observation + t, OpenCV axes); for <GEN> order it means nothing."""
         if idx.ndim != 2:
@@ -451,10 +456,10 @@ class GST(nn.Module):
             return logits
         if self.pose_head is None:
             raise ValueError("return_pose needs a GST with pose_head=True")
-        at = 2 * self.config.layout.n
-        if input_pos is not None or t <= at:
-            raise ValueError(f"return_pose needs a full training prefix of more than {at} tokens")
-        return logits, self.pose_head(h[:, at]).float().view(-1, 3, 3)
+        n = self.config.layout.n
+        if input_pos is not None or t <= 2 * n:
+            raise ValueError(f"return_pose needs a full training prefix of more than {2 * n} tokens")
+        return logits, self.pose_head(h[:, n + 1: 2 * n + 1]).float().view(-1, 3, 3)
 
 
 def count_parameters(model: nn.Module) -> int:
