@@ -99,8 +99,9 @@ class GSTPoseProbe(nn.Module):
     """The GST trunk as a probe: a small GST (codebook features, segment embedding, pose head,
     optionally the aligned observation) reads the <EST> prefix [observation, <EST>, target view]
     and its pose head regresses the rotation from the target view's states (the head of
-    GSTConfig.pose_head, the one the auxiliary pose loss trains). It measures how fast the transformer itself can learn to
-    read the pose, separately from the camera tokens and the image loss."""
+    GSTConfig.pose_head, the one the auxiliary pose loss trains). It measures how fast the
+    transformer itself can learn to read the pose, apart from the camera tokens and the image
+    loss."""
 
     def __init__(self, grid: tuple[int, int], vocab: int, codebook: torch.Tensor, dim: int = 128,
                  n_layer: int = 2, aligned: bool = False):
