@@ -416,6 +416,14 @@ def test_pose_aux_loss_trains_the_pose_head_and_adds_to_a_trained_model(tmp_path
     assert none.item() == 0.0 and none.requires_grad
     with pytest.raises(ValueError, match="pose_aux_weight"):
         TrainConfig(pose_aux_weight=-1.0)
+    # the loss implies the head, whatever the overrides say, from scratch and from a checkpoint
+    from training.train_gst import build_model_config
+
+    manifest = {"image_vocab": 32, "camera_vocab": 8, "grid": [4, 4]}
+    no_head = {**base["model_overrides"], "pose_head": False}
+    implied = tiny_cfg(train_root, pose_aux_weight=1.0, model_overrides=no_head)
+    assert build_model_config(implied, manifest).pose_head
+    assert build_model_config(implied, manifest, meta["config"]).pose_head
 
 
 def test_gst_trunk_probe_learns_the_toy_rotation(tmp_path):

@@ -195,9 +195,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | None = None) -> GSTConfig:
     """The transformer config: the preset (or the init checkpoint's sizes) with overrides; the
     vocabulary sizes and token grid always come from the shards' manifest (they are facts of the
-    tokenizers), and a mismatch with an init checkpoint is an error."""
+    tokenizers), and a mismatch with an init checkpoint is an error. pose_aux_weight > 0 implies
+    pose_head (a head missing from an init checkpoint starts fresh: init_state_with_new_heads)."""
     data = {"image_vocab": int(manifest["image_vocab"]), "camera_vocab": int(manifest["camera_vocab"]),
             "grid": tuple(manifest["grid"])}
+    overrides = {**cfg.model_overrides, **({"pose_head": True} if cfg.pose_aux_weight > 0 else {})}
     if init_config is not None:
         base = config_from_dict(GSTConfig, init_config)
         for k, v in data.items():
@@ -211,14 +213,8 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
         if bad:
             raise ValueError(f"model_overrides {bad} conflict with init_from "
                              "(sizes come from the checkpoint)")
-        return dataclasses.replace(base, **cfg.model_overrides, **_pose_head(cfg, base.pose_head))
-    return gst_config(cfg.model, **{**cfg.model_overrides, **data, **_pose_head(cfg, False)})
-
-
-def _pose_head(cfg: TrainConfig, has_head: bool) -> dict:
-    """{"pose_head": True} when pose_aux_weight needs a head the model would not have otherwise."""
-    wants = cfg.pose_aux_weight > 0 and not cfg.model_overrides.get("pose_head", has_head)
-    return {"pose_head": True} if wants else {}
+        return dataclasses.replace(base, **overrides)
+    return gst_config(cfg.model, **{**overrides, **data})
 
 
 ADDABLE_MODULES = ("pose_head.", "aligned_proj.")  # optional parts a trained model may gain
