@@ -26,9 +26,10 @@ TINY_CAMERA = VQConfig(in_channels=6, out_channels=6, resolution=16, ch=16, ch_m
                        num_res_blocks=1, z_channels=16, codebook_size=32, codebook_embed_dim=4, norm_groups=8)
 
 
-def tiny_gst_config():
-    return gst_config("tiny", dim=64, n_layer=2, n_head=2, image_vocab=TINY_IMAGE.codebook_size,
-                      camera_vocab=TINY_CAMERA.codebook_size, grid=(TINY_IMAGE.token_grid,) * 2)
+def tiny_gst_config(**overrides):
+    sizes = {"dim": 64, "n_layer": 2, "n_head": 2, "image_vocab": TINY_IMAGE.codebook_size,
+             "camera_vocab": TINY_CAMERA.codebook_size, "grid": (TINY_IMAGE.token_grid,) * 2}
+    return gst_config("tiny", **{**sizes, **overrides})
 
 
 def make_random_model(root, image_cfg: VQConfig, camera_cfg: VQConfig, gst_cfg, seed: int = 0,
@@ -58,10 +59,12 @@ def make_random_model(root, image_cfg: VQConfig, camera_cfg: VQConfig, gst_cfg, 
     return out
 
 
-def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_tiny") -> Path:
+def make_tiny_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_tiny", **gst_overrides) -> Path:
     """The tiny random model (see the module docstring) saved as `root/name`; returns its path,
-    to pass as EngineConfig.model_dir. onnx=True also exports the tokenizers to ONNX."""
-    return make_random_model(root, TINY_IMAGE, TINY_CAMERA, tiny_gst_config(), seed, onnx, name)
+    to pass as EngineConfig.model_dir. onnx=True also exports the tokenizers to ONNX.
+    gst_overrides: GSTConfig fields to change (e.g. pose_head=True)."""
+    gst = tiny_gst_config(**gst_overrides)
+    return make_random_model(root, TINY_IMAGE, TINY_CAMERA, gst, seed, onnx, name)
 
 
 def make_small_model(root, seed: int = 0, onnx: bool = False, name: str = "gst_small_random") -> Path:

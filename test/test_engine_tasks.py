@@ -129,6 +129,56 @@ def test_pose_estimate_mode_is_the_most_likely_sample(model_dir, monkeypatch):
         EngineConfig(model_dir=str(model_dir), pose_estimate="median")
 
 
+def test_pose_estimate_head_reads_the_pose_head(tmp_path, monkeypatch):
+    """pose_estimate "auto" picks the pose head on a model with one: the estimate's rotation is the
+    head's (projected onto SO(3)), its optical axis passes through the scene centre (0, 0, 1) at
+    the samples' median distance, and the samples and covariance are those of "mean"."""
+    head_dir = make_tiny_model(tmp_path, seed=1, name="with_head", pose_head=True)
+    seen = spy_on(monkeypatch, "pose_head_rotation")
+    auto = GSTEngine(EngineConfig(model_dir=str(head_dir), device="cpu"))
+    assert auto.pose_estimate == "head"
+    a = auto.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
+    b = auto.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5, estimate="mean")
+    R = seen["out"][0].numpy()
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(a.w2c[:3, :3], R, atol=1e-12)
+    centres = np.linalg.inv(a.samples_w2c)[:, :3, 3]
+    d = float(np.median(np.linalg.norm(centres - [0.0, 0.0, 1.0], axis=1)))
+    np.testing.assert_allclose(a.w2c[:3, :3] @ [0.0, 0.0, 1.0] + a.w2c[:3, 3], [0.0, 0.0, d], atol=1e-9)
+    np.testing.assert_allclose(a.samples_w2c, b.samples_w2c, atol=1e-9)
+    np.testing.assert_allclose(a.covariance, b.covariance, atol=1e-9)
+    assert not np.allclose(a.w2c, b.w2c, atol=1e-6)
+    # a different target image changes what the head reads
+    c = auto.estimate_pose(image(seed=1), image(seed=7), K_WIDE, K_WIDE, samples=4, seed=5)
+    assert not np.allclose(c.w2c[:3, :3], a.w2c[:3, :3], atol=1e-6)
+
+
+def test_pose_estimate_head_needs_a_pose_head(engine, model_dir):
+    assert engine.pose_estimate == "mean"  # "auto" on a model without a head
+    with pytest.raises(ValueError, match="no pose head"):
+        engine.estimate_pose(image(seed=1), image(seed=2), samples=2, estimate="head")
+    with pytest.raises(ValueError, match="no pose head"):
+        GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_estimate="head"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pose_facing_scene_center_looks_at_the_centre(seed):
+    """The scene centre (0, 0, 1) of the reference frame lands on the camera's optical axis at the
+    given distance, for any rotation."""
+    from gst_ros.engine.engine import pose_facing_scene_center
+    from gst_ros.geometry import so3_exp
+
+    rng = np.random.default_rng(seed)
+    R = so3_exp(torch.from_numpy(rng.normal(size=3))).numpy()
+    d = float(rng.uniform(0.3, 3.0))
+    w2c = pose_facing_scene_center(R, d)
+    np.testing.assert_allclose(w2c[:3, :3], R)
+    np.testing.assert_allclose(w2c[:3, :3] @ [0.0, 0.0, 1.0] + w2c[:3, 3], [0.0, 0.0, d], atol=1e-12)
+    with pytest.raises(ValueError, match="distance"):
+        pose_facing_scene_center(R, float("nan"))
+
+
 def test_predict_view_shapes_and_conventions(engine):
     obs = image(seed=1)
     view = engine.predict_view(obs, TARGET_W2C, K_obs=K_WIDE, seed=0)

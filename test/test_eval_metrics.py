@@ -131,6 +131,35 @@ def test_identity_baseline_through_evaluate_scenes():
     assert "| identity | seen | 6 |" in md and "chance" in md
 
 
+def test_gst_head_method_through_evaluate_scenes(tmp_path):
+    """With a model that has a pose head, the default methods add gst-head, whose predicted
+    rotations are the engine's head read-out; without a head it is left out."""
+    from engine_fixtures import make_tiny_model
+
+    from gst_ros.engine.engine import EngineConfig, GSTEngine
+
+    eyes = [np.array([2.0, 0.0, 0.5]), np.array([0.0, 2.0, 0.5]), np.array([-1.4, 1.4, 1.0])]
+    w2c = np.stack([look_at(e, [0, 0, 0]) for e in eyes])
+    K = np.array([[50.0, 0, 31.5], [0, 50.0, 31.5], [0, 0, 1]])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    scene = evaluate.EvalScene(images, np.stack([K] * 3), w2c, "s0", "cat", "seen")
+    head = GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, name="h", pose_head=True)),
+                                  device="cpu"))
+    plain = GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, name="p")), device="cpu"))
+    assert evaluate.default_methods(head) == list(evaluate.POSE_METHODS)
+    assert "gst-head" not in evaluate.default_methods(plain) and "gst" in evaluate.default_methods(plain)
+    pred, failed = evaluate.predict_poses(scene, "gst-head", head, samples=2, seed=0)
+    assert failed == 0
+    np.testing.assert_allclose(pred[0], np.eye(4))
+    for j in (1, 2):
+        est = head.estimate_pose(images[0], images[j], K_obs=K, K_target=K, samples=2, seed=j,
+                                 estimate="head")
+        np.testing.assert_allclose(pred[j], est.w2c, atol=1e-12)
+    res = evaluate.evaluate_scenes([scene], engine=head, nvs=False, progress=False)
+    assert {r["method"] for r in res["pairs"]} == set(evaluate.POSE_METHODS)
+
+
 # ------------------------------------------------------------------ OpenCV baseline
 
 def _textured_scene_pair(size=384):

@@ -7,6 +7,8 @@
 Per scene, N views are taken (view 0 is the observation). Every method predicts the cameras of
 views 1..N-1 relative to view 0 (view 0 = identity, OpenCV axes):
 - gst: engine.estimate_pose(observation, view j) (camera tokens sampled, averaged);
+- gst-head: the same call with estimate="head": the rotation read by the model's pose head from the
+  same [o, <EST>, i] pass (models trained with one; left out by default for models without);
 - gst-prior: engine.prior_pose(observation) (camera tokens sampled from p(c | o), the target image
   unseen): the model's own pose prior; gst minus gst-prior is what the target image is worth;
 - opencv: SIFT/ORB + essential matrix (MAGSAC++) + recoverPose (training/baselines.py);
@@ -52,7 +54,7 @@ from training.logging_utils import CSVLogger, save_image_grid
 
 THRESHOLDS = (15.0, 30.0)
 ANGLE_BINS = (("<30", 0.0, 30.0), ("30-60", 30.0, 60.0), (">60", 60.0, 180.0 + 1e-9))
-POSE_METHODS = ("gst", "gst-prior", "opencv", "identity")
+POSE_METHODS = ("gst", "gst-head", "gst-prior", "opencv", "identity")
 
 
 # ------------------------------------------------------------------ maths
@@ -165,6 +167,10 @@ def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
             est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0],
                                        K_target=scene.K[j], samples=samples, seed=seed + j)
             pred[j] = est.w2c
+        elif method == "gst-head":
+            est = engine.estimate_pose(scene.images[0], scene.images[j], K_obs=scene.K[0],
+                                       K_target=scene.K[j], samples=samples, seed=seed + j, estimate="head")
+            pred[j] = est.w2c
         elif method == "gst-prior":
             est = engine.prior_pose(scene.images[0], K_obs=scene.K[0], K_target=scene.K[j], samples=samples,
                                     seed=seed + j)
@@ -180,11 +186,20 @@ def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
     return pred, failed
 
 
-def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=POSE_METHODS, samples: int = 4,
+def default_methods(engine) -> list[str]:
+    """Every pose method, gst-head only for an engine whose model has a pose head (the gst methods
+    are skipped anyway without an engine)."""
+    has_head = engine is not None and engine.model.pose_head is not None
+    return [m for m in POSE_METHODS if m != "gst-head" or has_head]
+
+
+def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples: int = 4,
                     seed: int = 0, nvs: bool = True, lpips: LPIPSMetric | None = None,
                     progress: bool = True) -> dict:
     """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
-    (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred)] images}."""
+    (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred)] images}.
+    methods: names from POSE_METHODS; None = default_methods(engine)."""
+    methods = default_methods(engine) if methods is None else methods
     pair_rows, scene_rows, nvs_rows, grids = [], [], [], []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
         gt = normalized_cameras(np.asarray(scene.w2c, dtype=np.float64))
@@ -307,9 +322,11 @@ def main(argv=None) -> int:
     ap.add_argument("--vgg", default=None, help="VGG16 weights file: adds LPIPS")
     ap.add_argument("--lpips-lin", default=None, help="optional LPIPS layer weights file")
     ap.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
-                    help="gst: average of the sampled poses, or the most likely sample (EngineConfig)")
-    ap.add_argument("--methods", default=",".join(POSE_METHODS),
-                    help=f"comma-separated pose methods among {','.join(POSE_METHODS)}")
+                    help="gst: average of the sampled poses, or the most likely sample (EngineConfig); "
+                         "the pose head's read-out is the separate method gst-head")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated pose methods among {','.join(POSE_METHODS)} (default: all; "
+                         f"gst-head only for a model with a pose head)")
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
     ap.add_argument("--device", default="auto")
@@ -334,7 +351,10 @@ def main(argv=None) -> int:
     if not scenes:
         print("evaluate: no scene with enough views", file=sys.stderr)
         return 1
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.methods is None:
+        methods = default_methods(engine)
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(POSE_METHODS))
     if unknown:
         ap.error(f"unknown pose methods {unknown}; expected some of {list(POSE_METHODS)}")

@@ -69,8 +69,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--cfg-scale", type=float, default=1.0,
                         help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
-                        help="pose from the samples: their mean, or the most likely sample")
+    parser.add_argument("--pose-estimate", choices=("auto", "mean", "mode", "head"), default="auto",
+                        help="mean of the sampled poses, the most likely sample (mode), the pose head's "
+                             "rotation (head), or auto: head when the model has one, else mean")
 
 
 def engine_from_args(args):

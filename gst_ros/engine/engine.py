@@ -144,7 +144,10 @@ class PredictedView:
     w2c: np.ndarray            # (4,4) the view's camera, world = observation camera frame (OpenCV axes)
 
 
-POSE_ESTIMATES = ("mean", "mode")
+POSE_ESTIMATES = ("auto", "mean", "mode", "head")
+# In the reference (observation) camera frame the scene centre lies on the optical axis at unit
+# distance: the scene normalisation (gst_ros.geometry.normalize_scene, mode "center").
+SCENE_CENTER_REF = np.array([0.0, 0.0, 1.0])
 
 
 @dataclass
@@ -158,8 +161,11 @@ class EngineConfig:
     cfg_scale: float = 1.0
     default_fov_deg: float = 49.1      # used only when no K is known
     seed: int = 0
-    pose_estimate: str = "mean"        # "mean" of the sampled poses, or the "mode": the sample the
-                                       # model finds most likely, max log p(c | i, o)
+    pose_estimate: str = "auto"        # "mean" of the sampled poses; the "mode": the sample the
+                                       # model finds most likely, max log p(c | i, o); "head": the
+                                       # rotation read by the model's pose head (models trained with
+                                       # one); "auto" = "head" when the model has a pose head, else
+                                       # "mean"
 
     def __post_init__(self):
         if self.pose_estimate not in POSE_ESTIMATES:
@@ -201,6 +207,22 @@ def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, 
     mean_c2w = np.eye(4)
     mean_c2w[:3, :3], mean_c2w[:3, 3] = R_mean, C_mean
     return invert_pose(mean_c2w), cov, float(confidence), spread_deg
+
+
+def pose_facing_scene_center(R_w2c, distance: float) -> np.ndarray:
+    """(4,4) float64 world-to-camera matrix of a camera with rotation R_w2c (3,3) (world = the
+    reference camera's optical frame, OpenCV axes) whose optical axis (+z) passes through the
+    scene centre SCENE_CENTER_REF = (0, 0, 1), at `distance` (unit scene scale) from it: its
+    centre is C = SCENE_CENTER_REF - distance * (optical axis in the reference frame = third row
+    of R_w2c) and t = -R_w2c C. The translation a rotation-only read-out implies for an
+    object-centric scene, where every camera looks at the scene centre."""
+    R = as_array(R_w2c, "R_w2c", (3, 3))
+    if not (math.isfinite(distance) and distance > 0):
+        raise ValueError(f"distance must be a finite positive number, got {distance}")
+    C = SCENE_CENTER_REF - distance * R[2]
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ C
+    return w2c
 
 
 def resolve_device(name: str) -> torch.device:
@@ -255,6 +277,7 @@ class GSTEngine:
         load_state_dict_strict(self.model, state, str(self.model_dir / "gst"))
         self.model.to(self.device).eval()
         self._check_compatible(gcfg)
+        self.pose_estimate = self._resolve_pose_estimate(cfg.pose_estimate)
         self.image_size: int = self.image_tokenizer.resolution
         self.grid: int = self.image_tokenizer.grid
         self.sampling = SamplingConfig(
@@ -277,6 +300,19 @@ class GSTEngine:
                             f"transformer {g.grid[0]}x{g.grid[1]}")
         if problems:
             raise ModelFormatError(f"{self.model_dir}: parts do not fit together: " + "; ".join(problems))
+
+    def _resolve_pose_estimate(self, estimate: str) -> str:
+        """The pose read-out a call uses: "auto" resolved against the loaded model ("head" when
+        it has a pose head, else "mean"); "head" on a model without one is an error."""
+        if estimate not in POSE_ESTIMATES:
+            raise ValueError(f"pose_estimate must be one of {POSE_ESTIMATES}, got {estimate!r}")
+        has_head = self.model.pose_head is not None
+        if estimate == "auto":
+            return "head" if has_head else "mean"
+        if estimate == "head" and not has_head:
+            raise ValueError(f"pose_estimate 'head': the transformer in {self.model_dir / 'gst'} has no pose "
+                             f"head (use 'mean' or 'mode')")
+        return estimate
 
     # ------------------------------------------------------------------ inputs
 
@@ -356,19 +392,24 @@ class GSTEngine:
     # ------------------------------------------------------------------ the four tasks
 
     def estimate_pose(self, observation, target, K_obs=None, K_target=None, samples: int = 4,
-                      seed=None) -> PoseEstimate:
+                      seed=None, estimate: str | None = None) -> PoseEstimate:
         """Pose of the camera that took `target`, relative to the camera of `observation`.
 
         Samples `samples` camera-token grids from p(c | target, observation) ([o, <EST>, i] -> c),
         decodes each to a Plücker map and a camera (with K_target when known, else the
-        homography route that also estimates the focal length) and averages them
-        (aggregate_pose_samples); with EngineConfig.pose_estimate "mode" the estimate is instead
-        the sample of highest log p(c | i, o) (covariance and confidence still from the spread of
-        all samples). K_obs / K_target: intrinsics of the images as given, or None.
-        A sample whose decoded rays are degenerate (no camera fits) is left out of samples_w2c;
-        RuntimeError if none fits."""
+        homography route that also estimates the focal length) and forms the estimate by the
+        read-out `estimate` (None = EngineConfig.pose_estimate; "auto" as there):
+        - "mean": the average of the samples (aggregate_pose_samples);
+        - "mode": the sample of highest log p(c | i, o);
+        - "head": the rotation the model's pose head reads from the same [o, <EST>, i] pass
+          (generation.pose_head_rotation), with the camera placed on its optical axis through the
+          scene centre at the samples' median distance from it (pose_facing_scene_center).
+        Covariance and confidence always come from the spread of the samples. K_obs / K_target:
+        intrinsics of the images as given, or None. A sample whose decoded rays are degenerate
+        (no camera fits) is left out of samples_w2c; RuntimeError if none fits."""
         t0 = time.perf_counter()
         _check_count(samples, "samples")
+        estimate = self.pose_estimate if estimate is None else self._resolve_pose_estimate(estimate)
         obs_sq, _ = self.prepare(observation, K_obs, "observation")
         tgt_sq, K_tgt = self.prepare(target, K_target, "target")
         gen = self._generator_for(seed)
@@ -378,11 +419,17 @@ class GSTEngine:
                                              tgt_tok.expand(samples, -1), self.sampling, gen)
         samples_w2c, kept = self._cameras(codes, K_tgt if K_target is not None else None)
         w2c, cov, conf, spread = aggregate_pose_samples(samples_w2c)
-        if self.config.pose_estimate == "mode" and len(kept) > 1:
+        if estimate == "mode" and len(kept) > 1:
             with self._autocast():
                 loglik = generation.pose_log_likelihood(self.model, obs_tok.expand(samples, -1),
                                                         tgt_tok.expand(samples, -1), codes)
             w2c = samples_w2c[int(torch.argmax(loglik[kept].float()))]
+        elif estimate == "head":
+            with self._autocast():
+                R = generation.pose_head_rotation(self.model, obs_tok, tgt_tok)[0].numpy()
+            distance = float(np.median(np.linalg.norm(invert_pose(samples_w2c)[:, :3, 3] - SCENE_CENTER_REF,
+                                                      axis=1)))
+            w2c = pose_facing_scene_center(R, max(distance, 1e-3))
         return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
                             rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
 

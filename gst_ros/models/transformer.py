@@ -44,9 +44,10 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   the <EST> order (input indices n+1 .. 2n): each cell's state is mapped to 16 features, the
   grid of them is flattened and a two-layer MLP gives the matrix (a per-cell read-out with
   position-specific weights: reading one token instead learned far slower, docs/training.md,
-  "Reading the pose"). It is a training aid only (training/train_gst.py, `pose_aux_weight`): a
-  dense loss that makes every target-view cell carry the pose, which the camera tokens after it
-  attend to. The engine still reads every pose from the generated camera tokens.
+  "Reading the pose"). Trained by an auxiliary loss (training/train_gst.py, `pose_aux_weight`):
+  a dense signal that makes every target-view cell carry the pose, which the camera tokens after
+  it attend to. At inference it is also a read-out of its own: the engine's `pose_estimate`
+  "head" (gst_ros.engine.generation.pose_head_rotation) takes the rotation from it.
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 

@@ -35,7 +35,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("default_fov_deg", 49.1, "field of view across the shorter image side when no camera_info is known",
           range=(1.0, 179.0)),
     Param("seed", 0, "seed of the engine's random generator", range=(0, 2**31 - 1)),
-    Param("pose_estimate", "mean", "pose from the samples: mean (average) or mode (the most likely sample)"),
+    Param("pose_estimate", "auto", "pose from the model: auto (the pose head when the model has one, else "
+          "mean), mean (average of the sampled camera tokens), mode (the most likely sample) or head "
+          "(the pose head's rotation)"),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
