@@ -319,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=20, help="scenes per split")
     ap.add_argument("--samples", type=int, default=4, help="pose samples per estimate")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (EngineConfig)")
+    ap.add_argument("--top-k", type=int, default=100, help="top-k sampling, 0 = off (EngineConfig)")
     ap.add_argument("--vgg", default=None, help="VGG16 weights file: adds LPIPS")
     ap.add_argument("--lpips-lin", default=None, help="optional LPIPS layer weights file")
     ap.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
@@ -342,7 +344,8 @@ def main(argv=None) -> int:
         from gst_ros.engine.engine import EngineConfig, GSTEngine
 
         engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
-                                        pose_estimate=args.pose_estimate))
+                                        pose_estimate=args.pose_estimate, temperature=args.temperature,
+                                        top_k=args.top_k))
     scenes = []
     for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
         split, _, group = spec.partition(":")
