@@ -17,6 +17,11 @@ relative to a reference camera on the same sphere and scaled so the reference is
 from the centre); any other name is a training.datasets reader (e.g. "synthetic") on --data DIR:
 images are centre-cropped/resized, cameras are (reference, target) view pairs of one scene made
 relative and scale-normalised with gst_ros.geometry.normalize_scene.
+
+Fine-tuning: `init_from: DIR` starts from a trained tokenizer's model directory (same
+architecture). With `train_decoder_only: true` only post_quant_conv and the decoder train; the
+encoder and codebook stay frozen, so token ids do not change and the token shards and transformers
+made with the tokenizer stay valid (training/configs/shipped/tokenizer_image_decoder.yaml).
 """
 from __future__ import annotations
 
@@ -62,6 +67,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"                # "auto" = cuda when available
+    # fine-tuning: start from a trained tokenizer's model directory (same architecture), and
+    # optionally train only its decoder (post_quant_conv + decoder): the encoder and codebook stay
+    # fixed, so every token id, token shard and transformer made with the tokenizer stays valid
+    init_from: str | None = None
+    train_decoder_only: bool = False
     # image losses
     recon_weight: float = 1.0
     perceptual_weight: float = 1.0
@@ -92,6 +102,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         self.radius = tuple(self.radius)
         self.elevation_deg = tuple(self.elevation_deg)
+        if self.train_decoder_only and not self.init_from:
+            raise ValueError("train_decoder_only needs init_from (a trained tokenizer's model directory): "
+                             "a decoder trained on an untrained encoder's tokens is useless")
 
     def vq_config(self) -> VQConfig:
         cfg = preset(self.preset, **self.model)
@@ -236,6 +249,33 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# VQConfig fields that only weight training losses; a fine-tune may change them
+_LOSS_ONLY_FIELDS = ("commit_loss_beta", "entropy_loss_ratio", "dropout")
+
+
+def init_from_tokenizer(model: VQModel, directory, kind: str) -> None:
+    """Copy the weights of the tokenizer model directory into `model`; its architecture must be
+    the one the training config builds (a differing field is named in the error)."""
+    from gst_ros.models.tokenizer import load_vq_model
+
+    source = load_vq_model(directory, kind=IMAGE_KIND if kind == "image" else CAMERA_KIND)
+    mine, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
+    differ = [f"{k}: config {mine[k]!r} vs {directory} {theirs[k]!r}" for k in mine
+              if k not in _LOSS_ONLY_FIELDS and mine[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"init_from {directory}: architecture differs from the training config "
+                         f"({'; '.join(differ)})")
+    model.load_state_dict(source.state_dict())
+
+
+def freeze_encoder_and_codebook(model: VQModel) -> list[torch.nn.Parameter]:
+    """Freeze encoder, quant_conv and codebook (token ids can no longer change); return the
+    parameters left to train (post_quant_conv + decoder)."""
+    for part in (model.encoder, model.quant_conv, model.quantize):
+        part.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 @torch.no_grad()
 def evaluate(model: VQModel, source: BatchSource, n_batches: int, device) -> dict:
     """Held-out reconstruction MSE, PSNR (images, on [-1, 1] -> data range 2) and codebook usage."""
@@ -286,10 +326,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     torch.manual_seed(cfg.seed)
     vq_cfg = cfg.vq_config()
     model = VQModel(vq_cfg).to(device).train()
-    source = BatchSource(cfg, vq_cfg, model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    modules, optimizers = {"vq": model}, {"vq": opt}
     messages = []
+    if cfg.init_from and not resume:
+        init_from_tokenizer(model, cfg.init_from, cfg.kind)
+        messages.append(f"initialised from {cfg.init_from}")
+    params = list(model.parameters())
+    if cfg.train_decoder_only:
+        params = freeze_encoder_and_codebook(model)
+        messages.append("training the decoder only (encoder and codebook frozen: token ids unchanged)")
+    source = BatchSource(cfg, vq_cfg, model)
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    modules, optimizers = {"vq": model}, {"vq": opt}
 
     perceptual, disc, opt_d = None, None, None
     if cfg.kind == "image":
@@ -351,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if gan_on:
             from training.losses import hinge_d_loss
@@ -388,7 +435,9 @@ def export_model(model: VQModel, directory: Path, cfg: TrainConfig, step: int) -
     kind = IMAGE_KIND if cfg.kind == "image" else CAMERA_KIND
     state = {k: v.float() for k, v in model.state_dict().items()}
     return save_model_dir(directory, kind, model.config, state,
-                          extra={"trained_steps": step, "dataset": cfg.dataset})
+                          extra={"trained_steps": step, "dataset": cfg.dataset,
+                                 **({"init_from": str(cfg.init_from)} if cfg.init_from else {}),
+                                 **({"decoder_only": True} if cfg.train_decoder_only else {})})
 
 
 def usage_sweep(cfg: TrainConfig, progress: bool = True) -> list[dict]:
