@@ -21,7 +21,7 @@ relative and scale-normalised with gst_ros.geometry.normalize_scene.
 Fine-tuning: `init_from: DIR` starts from a trained tokenizer's model directory (same
 architecture). With `train_decoder_only: true` only post_quant_conv and the decoder train; the
 encoder and codebook stay frozen, so token ids do not change and the token shards and transformers
-made with the tokenizer stay valid (training/configs/shipped/tokenizer_image_decoder.yaml).
+made with the tokenizer stay valid (training/configs/tokenizer_image_decoder_ft.yaml).
 """
 from __future__ import annotations
 
