@@ -102,6 +102,37 @@ def test_reproducible_with_seed_and_cache_equals_recompute():
     assert not torch.equal(a[1], d[1])
 
 
+def test_shared_prefix_prefilled_once_gives_the_same_samples():
+    """Several samples of one query (the engine's pose estimate): the prefix is prefilled once and
+    its KV cache repeated, which must sample exactly what recomputing every row does, also with
+    the aligned observation input (whose remembered observation is repeated too)."""
+    torch.manual_seed(0)
+    m = GST(gst_config("tiny", grid=(3, 3), image_vocab=40, camera_vocab=20, image_code_dim=4,
+                       aligned_observation=True, segment_embedding=True))
+    with torch.no_grad():
+        m.output.weight.normal_(0, 1.0)
+        m.image_codebook.normal_()
+        m.aligned_proj.weight.normal_(0, 1.0)
+    m.eval()
+    n = m.config.layout.n
+    obs, img = _obs(1, n), _obs(1, n, seed=1)
+    sc = SamplingConfig(temperature=4.0, top_k=None)
+    shared = estimate_pose(m, obs.expand(6, -1), img.expand(6, -1), sc, torch.Generator().manual_seed(3))
+    recomputed = estimate_pose(m, obs.expand(6, -1), img.expand(6, -1), sc, torch.Generator().manual_seed(3),
+                               use_kv_cache=False)
+    assert torch.equal(shared, recomputed)
+    assert len({tuple(r) for r in shared.tolist()}) > 1  # the rows decode apart after the prefix
+    # rows with different prefixes are not shared: still the per-row result
+    two = torch.cat([obs, _obs(1, n, seed=2)])
+    a = estimate_pose(m, two, img.expand(2, -1), sc, torch.Generator().manual_seed(4))
+    b = estimate_pose(m, two, img.expand(2, -1), sc, torch.Generator().manual_seed(4), use_kv_cache=False)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="batch-1 cache"):
+        m.setup_caches(2)
+        m.repeat_caches(3)
+    m.clear_caches()
+
+
 def test_cfg_scale_one_equals_conditional_sampling():
     m = _model()
     n = m.config.layout.n

@@ -80,7 +80,9 @@ def generate_segments(model: GST, prefix: torch.Tensor, kinds: Sequence[str],
     prefix: (B, P) shared-vocabulary ids starting with the observation (sequence index 0);
     kinds: the kind ("image" / "camera") of each segment to generate, in order.
     Returns (B, len(kinds) * n) shared-vocabulary ids (camera ids still carry the offset).
-    use_kv_cache=False recomputes the whole prefix every step (reference / benchmark path)."""
+    use_kv_cache=False recomputes the whole prefix every step (reference / benchmark path).
+    When every row's prefix is the same (several samples of one query), the prefix is prefilled
+    once and its KV cache repeated to the B rows."""
     cfg = model.config
     vocab, layout = cfg.vocabulary, cfg.layout
     sampling = sampling or SamplingConfig()
@@ -95,6 +97,7 @@ def generate_segments(model: GST, prefix: torch.Tensor, kinds: Sequence[str],
     allowed = [vocab.segment_logit_mask(k, device) for k in kinds]
     use_cfg = sampling.cfg_scale is not None
     rows = torch.cat([prefix, null_condition(prefix, layout)]) if use_cfg else prefix
+    shared = use_kv_cache and not use_cfg and b > 1 and bool((prefix == prefix[:1]).all())
     seq = torch.empty(rows.shape[0], p + total, dtype=torch.long, device=device)
     seq[:, :p] = rows.to(device)
     out = torch.empty(b, total, dtype=torch.long, device=device)
@@ -107,13 +110,18 @@ def generate_segments(model: GST, prefix: torch.Tensor, kinds: Sequence[str],
     try:
         with torch.inference_mode():
             if use_kv_cache:
-                model.setup_caches(rows.shape[0], max_seq_len=p + total - 1)  # the last draw is never fed
+                # the last draw is never fed
+                model.setup_caches(1 if shared else rows.shape[0], max_seq_len=p + total - 1)
             for step in steps:
                 pos = p + step  # sequence index of the token drawn now
                 if not use_kv_cache:
                     logits = model(seq[:, :pos])[:, -1]
                 elif step == 0:
-                    logits = model(seq[:, :p], input_pos=torch.arange(p, device=device))[:, -1]
+                    first = seq[:1, :p] if shared else seq[:, :p]
+                    logits = model(first, input_pos=torch.arange(p, device=device))[:, -1]
+                    if shared:
+                        model.repeat_caches(b)
+                        logits = logits.expand(b, -1)
                 else:
                     last = torch.tensor([pos - 1], device=device)
                     logits = model(seq[:, pos - 1: pos], input_pos=last)[:, 0]

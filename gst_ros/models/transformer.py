@@ -206,6 +206,14 @@ class KVCache:
         end = int(input_pos[-1]) + 1
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def repeat_rows(self, batch: int) -> None:
+        """Copy the cache of one sequence into `batch` independent rows (a shared prefix,
+        prefilled once, from which the rows then decode apart)."""
+        if self.k.shape[0] != 1:
+            raise ValueError(f"only a batch-1 cache can be repeated, this one has {self.k.shape[0]} rows")
+        self.k = self.k.expand(batch, -1, -1, -1).clone()
+        self.v = self.v.expand(batch, -1, -1, -1).clone()
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: GSTConfig):
@@ -405,6 +413,16 @@ class GST(nn.Module):
             layer.attention.kv_cache = KVCache(batch, self.config.n_head, max_len, self.config.head_dim,
                                                dtype, device)
         self.causal_mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+
+    def repeat_caches(self, batch: int) -> None:
+        """After a batch-1 prefill, give every layer's KV cache (and the remembered observation of
+        the aligned input) `batch` rows, so one shared prefix is computed once for many samples."""
+        for layer in self.layers:
+            if layer.attention.kv_cache is None:
+                raise RuntimeError("repeat_caches needs a KV cache: call setup_caches and prefill first")
+            layer.attention.kv_cache.repeat_rows(batch)
+        if self._observation is not None:
+            self._observation = self._observation.expand(batch, -1)
 
     def clear_caches(self) -> None:
         for layer in self.layers:
