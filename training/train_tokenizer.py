@@ -106,6 +106,11 @@ class TrainConfig:
             raise ValueError("train_decoder_only needs init_from (a trained tokenizer's model directory): "
                              "a decoder trained on an untrained encoder's tokens is useless")
 
+    @property
+    def model_kind(self) -> str:
+        """The model directory kind (gst_ros.models.io) this run reads from and writes."""
+        return IMAGE_KIND if self.kind == "image" else CAMERA_KIND
+
     def vq_config(self) -> VQConfig:
         cfg = preset(self.preset, **self.model)
         want = 3 if self.kind == "image" else 6
@@ -253,12 +258,12 @@ def pick_device(name: str) -> torch.device:
 _LOSS_ONLY_FIELDS = ("commit_loss_beta", "entropy_loss_ratio", "dropout")
 
 
-def init_from_tokenizer(model: VQModel, directory, kind: str) -> None:
+def init_from_tokenizer(model: VQModel, directory, model_kind: str) -> None:
     """Copy the weights of the tokenizer model directory into `model`; its architecture must be
     the one the training config builds (a differing field is named in the error)."""
     from gst_ros.models.tokenizer import load_vq_model
 
-    source = load_vq_model(directory, kind=IMAGE_KIND if kind == "image" else CAMERA_KIND)
+    source = load_vq_model(directory, kind=model_kind)
     mine, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
     differ = [f"{k}: config {mine[k]!r} vs {directory} {theirs[k]!r}" for k in mine
               if k not in _LOSS_ONLY_FIELDS and mine[k] != theirs[k]]
@@ -328,7 +333,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     model = VQModel(vq_cfg).to(device).train()
     messages = []
     if cfg.init_from and not resume:
-        init_from_tokenizer(model, cfg.init_from, cfg.kind)
+        init_from_tokenizer(model, cfg.init_from, cfg.model_kind)
         messages.append(f"initialised from {cfg.init_from}")
     params = list(model.parameters())
     if cfg.train_decoder_only:
@@ -432,9 +437,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
 def export_model(model: VQModel, directory: Path, cfg: TrainConfig, step: int) -> Path:
     """Write the runtime model directory (weights in fp32 on CPU)."""
-    kind = IMAGE_KIND if cfg.kind == "image" else CAMERA_KIND
     state = {k: v.float() for k, v in model.state_dict().items()}
-    return save_model_dir(directory, kind, model.config, state,
+    return save_model_dir(directory, cfg.model_kind, model.config, state,
                           extra={"trained_steps": step, "dataset": cfg.dataset,
                                  **({"init_from": str(cfg.init_from)} if cfg.init_from else {}),
                                  **({"decoder_only": True} if cfg.train_decoder_only else {})})
