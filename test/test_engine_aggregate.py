@@ -127,3 +127,73 @@ def test_camera_to_reference_is_the_inverse():
 def test_bad_samples_raise(bad, msg):
     with pytest.raises(ValueError, match=msg):
         aggregate_pose_samples(bad)
+
+
+# ------------------------------------------------------------------ the read-out heads' pose
+
+def readout(M, C, log_var):
+    from gst_ros.models.transformer import PoseReadout
+
+    return PoseReadout(torch.tensor(np.asarray(M, float))[None], torch.tensor(np.asarray(C, float))[None],
+                       torch.tensor(np.asarray(log_var, float))[None])
+
+
+def test_head_pose_from_an_exact_rotation_is_certain():
+    """A pose head output that is a rotation (no shrinkage) means no rotation uncertainty: the
+    covariance is the floor there, the centre's is exp(log_var), w2c = [R | -R C]."""
+    from gst_ros.engine.engine import head_pose_estimate
+
+    R = rot([1, 2, 3], 40.0)
+    C = np.array([0.3, -0.2, 0.4])
+    w2c, cov, conf, rms = head_pose_estimate(readout(R, C, np.log([0.01, 0.04, 0.09])))
+    np.testing.assert_allclose(w2c[:3, :3], R, atol=1e-9)
+    np.testing.assert_allclose(invert_pose(w2c)[:3, 3], C, atol=1e-9)
+    np.testing.assert_allclose(cov[3:, 3:], ROTATION_VAR_FLOOR * np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(cov[:3, :3], np.diag([0.01, 0.04, 0.09]) + POSITION_VAR_FLOOR * np.eye(3),
+                               atol=1e-9)
+    assert np.all(cov[:3, 3:] == 0) and rms == pytest.approx(0.0, abs=1e-3)
+    assert conf == pytest.approx(math.exp(-math.sqrt(0.14) / 0.2), rel=1e-3)
+    with pytest.raises(ValueError, match="non-finite"):
+        head_pose_estimate(readout(R * np.nan, C, np.zeros(3)))
+    from gst_ros.models.transformer import PoseReadout
+
+    with pytest.raises(ValueError, match="centre head"):
+        head_pose_estimate(PoseReadout(torch.tensor(R)[None]))
+
+
+def test_head_pose_recovers_the_spread_of_the_rotations_it_averages():
+    """If the pose head outputs E[R] over rotations Q = Exp(w) Q0 (c2w, w ~ N(0, S) about the
+    reference axes), the covariance it implies is S (second-order accurate for small spreads):
+    checked by Monte Carlo with an anisotropic, rotated S; rotation_var_scale multiplies it."""
+    from gst_ros.engine.engine import head_pose_estimate
+
+    rng = np.random.default_rng(0)
+    axes = rot([0.3, -1.0, 0.5], 50.0)
+    S = axes @ np.diag([0.004, 0.012, 0.002]) @ axes.T
+    w = rng.multivariate_normal(np.zeros(3), S, size=40000)
+    Q0 = rot([1.0, 0.2, -0.4], 70.0)  # c2w of the mean camera
+    Q = so3_exp(torch.from_numpy(w)).numpy() @ Q0
+    M = Q.mean(axis=0).T  # E[R_w2c]
+    w2c, cov, conf, rms = head_pose_estimate(readout(M, np.zeros(3), np.full(3, -20.0)))
+    np.testing.assert_allclose(w2c[:3, :3], Q0.T, atol=5e-3)
+    np.testing.assert_allclose(cov[3:, 3:] - ROTATION_VAR_FLOOR * np.eye(3), S, atol=6e-4)
+    assert rms == pytest.approx(math.degrees(math.sqrt(np.trace(S))), rel=0.05)
+    _, cov2, conf2, _ = head_pose_estimate(readout(M, np.zeros(3), np.full(3, -20.0)), rotation_var_scale=2.0)
+    np.testing.assert_allclose(cov2[3:, 3:] - ROTATION_VAR_FLOOR * np.eye(3),
+                               2.0 * (cov[3:, 3:] - ROTATION_VAR_FLOOR * np.eye(3)), atol=1e-12)
+    assert conf2 < conf
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1, 1), min_size=3, max_size=3), st.floats(0, 179), st.floats(0.6, 1.0))
+def test_a_shrunk_rotation_means_isotropic_uncertainty(axis, deg, s):
+    """M = s R (every direction equally unsure) gives the rotation R and covariance (1 - s) I
+    (+ the floor), whatever R is."""
+    from gst_ros.engine.engine import head_pose_estimate
+
+    if np.linalg.norm(axis) < 1e-3:
+        axis = [0.0, 0.0, 1.0]
+    R = rot(axis, deg)
+    w2c, cov, _, _ = head_pose_estimate(readout(s * R, np.zeros(3), np.zeros(3)))
+    np.testing.assert_allclose(w2c[:3, :3], R, atol=1e-8)
+    np.testing.assert_allclose(cov[3:, 3:], ((1 - s) + ROTATION_VAR_FLOOR) * np.eye(3), atol=1e-8)

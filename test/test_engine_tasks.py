@@ -1,5 +1,6 @@
 """GSTEngine on the tiny random model: the four tasks, conventions, K handling, seeding, bad
 inputs, ONNX backend parity."""
+import json
 import math
 
 import cv2
@@ -9,14 +10,18 @@ import torch
 from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
 
 from gst_ros.engine.engine import (
+    POSITION_VAR_FLOOR,
+    ROTATION_VAR_FLOOR,
     EngineConfig,
     GSTEngine,
     ModelNotFoundError,
     PoseEstimate,
     PredictedView,
     default_model_dir,
+    head_pose_estimate,
 )
 from gst_ros.geometry import crop_resize_intrinsics, look_at, plucker_map
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.io import ModelFormatError, load_model_dir, save_model_dir
 
 
@@ -131,15 +136,17 @@ def test_pose_estimate_mode_is_the_most_likely_sample(model_dir, monkeypatch):
 
 def test_pose_estimate_head_reads_the_pose_head(tmp_path, monkeypatch):
     """pose_estimate "auto" picks the pose head on a model with one: the estimate's rotation is the
-    head's (projected onto SO(3)), its optical axis passes through the scene centre (0, 0, 1) at
-    the samples' median distance, and the samples and covariance are those of "mean"."""
+    head's (projected onto SO(3)); without a centre head its optical axis passes through the scene
+    centre (0, 0, 1) at the samples' median distance, and the samples and covariance are those
+    of "mean"."""
     head_dir = make_tiny_model(tmp_path, seed=1, name="with_head", pose_head=True)
-    seen = spy_on(monkeypatch, "pose_head_rotation")
+    seen = spy_on(monkeypatch, "pose_readout")
     auto = GSTEngine(EngineConfig(model_dir=str(head_dir), device="cpu"))
     assert auto.pose_estimate == "head"
     a = auto.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
     b = auto.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5, estimate="mean")
-    R = seen["out"][0].numpy()
+    assert seen["out"].center is None
+    R = rotation_from_covariance(seen["out"].rotation.double())[0].numpy()
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
     assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-9)
     np.testing.assert_allclose(a.w2c[:3, :3], R, atol=1e-12)
@@ -152,6 +159,46 @@ def test_pose_estimate_head_reads_the_pose_head(tmp_path, monkeypatch):
     # a different target image changes what the head reads
     c = auto.estimate_pose(image(seed=1), image(seed=7), K_WIDE, K_WIDE, samples=4, seed=5)
     assert not np.allclose(c.w2c[:3, :3], a.w2c[:3, :3], atol=1e-6)
+
+
+def test_pose_estimate_with_a_centre_head_samples_nothing(tmp_path, monkeypatch):
+    """With pose and centre heads, "head" is one forward pass: no camera tokens are sampled, the
+    pose is the heads' rotation and centre, the covariance is head_pose_estimate's with the
+    calibration written in the transformer's config.json, and a bad calibration value is a
+    ModelFormatError that names it."""
+    model_dir = make_tiny_model(tmp_path, seed=1, name="with_centre", pose_head=True, center_head=True)
+    seen = spy_on(monkeypatch, "pose_readout")
+    sampled = spy_on(monkeypatch, "estimate_pose")
+    engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
+    assert "out" not in sampled
+    readout = seen["out"]
+    w2c, cov, conf, spread = head_pose_estimate(readout)
+    np.testing.assert_allclose(est.w2c, w2c, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.inv(est.w2c)[:3, 3], readout.center[0].double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(est.covariance, cov, atol=1e-12)
+    assert est.samples_w2c.shape == (1, 4, 4) and 0.0 <= est.confidence <= 1.0
+    assert np.all(np.linalg.eigvalsh(est.covariance) > 0)
+    # a different target image moves the centre too
+    other = engine.estimate_pose(image(seed=1), image(seed=7), K_WIDE, K_WIDE)
+    assert not np.allclose(np.linalg.inv(other.w2c)[:3, 3], np.linalg.inv(est.w2c)[:3, 3], atol=1e-6)
+    # the calibration scales the predicted variances
+    cfg_path = model_dir / "gst" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["pose_calibration"] = {"rotation_var_scale": 4.0, "center_var_scale": 0.25}
+    cfg_path.write_text(json.dumps(meta))
+    scaled = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    assert scaled.pose_calibration == {"rotation_var_scale": 4.0, "center_var_scale": 0.25}
+    est2 = scaled.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, seed=5)
+    floor_p, floor_r = POSITION_VAR_FLOOR * np.eye(3), ROTATION_VAR_FLOOR * np.eye(3)
+    np.testing.assert_allclose(est2.covariance[:3, :3] - floor_p, 0.25 * (est.covariance[:3, :3] - floor_p),
+                               atol=1e-12)
+    np.testing.assert_allclose(est2.covariance[3:, 3:] - floor_r, 4.0 * (est.covariance[3:, 3:] - floor_r),
+                               atol=1e-12)
+    meta["pose_calibration"] = {"rotation_var_scale": -1.0}
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="rotation_var_scale"):
+        GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
 
 
 def test_pose_estimate_head_needs_a_pose_head(engine, model_dir):

@@ -287,18 +287,47 @@ def test_pose_head_reads_the_first_camera_token_input():
     model = GST(cfg).eval()
     n = cfg.layout.n
     idx = torch.randint(0, cfg.image_vocab, (2, 3 * n))
-    logits, pose = model(idx, return_pose=True)
+    logits, readout = model(idx, return_pose=True)
+    pose = readout.rotation
     assert logits.shape == (2, 3 * n, cfg.vocab_size) and pose.shape == (2, 3, 3)
+    assert readout.center is None and readout.center_log_var is None  # no centre head
     later = idx.clone()
     later[:, 2 * n + 1:] = 0
-    torch.testing.assert_close(model(later, return_pose=True)[1], pose)
+    torch.testing.assert_close(model(later, return_pose=True)[1].rotation, pose)
     earlier = idx.clone()
     earlier[:, 2 * n] = (idx[:, 2 * n] + 1) % cfg.image_vocab
-    assert not torch.allclose(model(earlier, return_pose=True)[1], pose)
+    assert not torch.allclose(model(earlier, return_pose=True)[1].rotation, pose)
     with pytest.raises(ValueError, match="full training prefix"):
         model(idx[:, : 2 * n], return_pose=True)
     with pytest.raises(ValueError, match="pose_head=True"):
         GST(gst_config("tiny", grid=(2, 2)))(idx, return_pose=True)
+
+
+def test_center_head_reads_the_same_target_view_states():
+    """A centre head gives (B, 3) centres and log-variances from the target view's states (causal
+    like the pose head); adding it leaves the logits and the pose head's output unchanged, and it
+    cannot exist without a pose head."""
+    base = dict(grid=(2, 2), pose_head=True, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
+    torch.manual_seed(0)
+    plain = GST(gst_config("tiny", **base)).eval()
+    model = GST(gst_config("tiny", center_head=True, **base)).eval()
+    state = {**model.state_dict(), **plain.state_dict()}
+    model.load_state_dict(state)
+    n = model.config.layout.n
+    idx = torch.randint(0, model.config.image_vocab, (3, 3 * n))
+    logits, readout = model(idx, return_pose=True)
+    ref_logits, ref = plain(idx, return_pose=True)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(readout.rotation, ref.rotation)
+    assert readout.center.shape == (3, 3) and readout.center_log_var.shape == (3, 3)
+    later = idx.clone()
+    later[:, 2 * n + 1:] = 0
+    torch.testing.assert_close(model(later, return_pose=True)[1].center, readout.center)
+    earlier = idx.clone()
+    earlier[:, n + 1] = (idx[:, n + 1] + 1) % model.config.image_vocab
+    assert not torch.allclose(model(earlier, return_pose=True)[1].center, readout.center)
+    with pytest.raises(ValueError, match="set pose_head too"):
+        gst_config("tiny", grid=(2, 2), center_head=True)
 
 
 def test_aligned_observation_gives_each_target_token_the_observation_code_of_its_cell():

@@ -46,6 +46,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from gst_ros.geometry.conventions import camera_center
 from gst_ros.geometry.metrics import accuracy_at, rotation_error_deg
 from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.io import config_from_dict, load_model_dir, load_state_dict_strict, save_model_dir
@@ -98,6 +99,9 @@ class TrainConfig:
     camera_loss_weight: float = 1.0      # loss weight of camera-code targets (1: the paper's plain mean)
     target_token_noise: float = 0.0      # share of teacher-forced second-segment inputs randomised
     pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
+    center_aux_weight: float = 0.0       # > 0: camera-centre loss through the model's centre head
+    train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
+                                         # [center_head]); empty: all. The rest stay frozen
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -134,6 +138,8 @@ class TrainConfig:
                   (self.camera_loss_weight > 0, "camera_loss_weight must be > 0"),
                   (0.0 <= self.target_token_noise <= 1.0, "target_token_noise must lie in [0, 1]"),
                   (self.pose_aux_weight >= 0, "pose_aux_weight must be >= 0"),
+                  (self.center_aux_weight >= 0, "center_aux_weight must be >= 0"),
+                  (isinstance(self.train_modules, (list, tuple)), "train_modules must be a list of names"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
@@ -196,10 +202,12 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
     """The transformer config: the preset (or the init checkpoint's sizes) with overrides; the
     vocabulary sizes and token grid always come from the shards' manifest (they are facts of the
     tokenizers), and a mismatch with an init checkpoint is an error. pose_aux_weight > 0 implies
-    pose_head (a head missing from an init checkpoint starts fresh: init_state_with_new_heads)."""
+    pose_head, center_aux_weight > 0 center_head (and pose_head); a head missing from an init
+    checkpoint starts fresh (init_state_with_new_heads)."""
     data = {"image_vocab": int(manifest["image_vocab"]), "camera_vocab": int(manifest["camera_vocab"]),
             "grid": tuple(manifest["grid"])}
-    overrides = {**cfg.model_overrides, **({"pose_head": True} if cfg.pose_aux_weight > 0 else {})}
+    overrides = {**cfg.model_overrides, **({"pose_head": True} if cfg.pose_aux_weight > 0 else {}),
+                 **({"pose_head": True, "center_head": True} if cfg.center_aux_weight > 0 else {})}
     if init_config is not None:
         base = config_from_dict(GSTConfig, init_config)
         for k, v in data.items():
@@ -217,7 +225,7 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
     return gst_config(cfg.model, **{**overrides, **data})
 
 
-ADDABLE_MODULES = ("pose_head.", "aligned_proj.")  # optional parts a trained model may gain
+ADDABLE_MODULES = ("pose_head.", "center_head.", "aligned_proj.")  # optional parts a trained model may gain
 
 
 def init_state_with_new_heads(model: GST, state: dict) -> dict:
@@ -238,6 +246,44 @@ def pose_aux_loss(pose: torch.Tensor, rel_w2c: torch.Tensor, use: torch.Tensor) 
         return pose.sum() * 0.0
     target = rel_w2c[:, :3, :3].to(pose)
     return (pose[use] - target[use]).pow(2).sum(dim=(1, 2)).mean()
+
+
+def center_aux_loss(center: torch.Tensor, log_var: torch.Tensor, rel_w2c: torch.Tensor,
+                    use: torch.Tensor) -> torch.Tensor:
+    """Camera-centre loss of the centre head over the samples where `use` (B,) bool holds.
+
+    center, log_var: (B, 3) the head's centre of the target camera in the observation camera's
+    frame (unit scene scale, OpenCV axes) and its log-variance per axis; rel_w2c (B, 4, 4) the
+    true relative w2c, whose centre is C = -R^T t. The loss is the squared error of the centre
+    (summed over axes) plus the Gaussian negative log-likelihood of that error under the
+    predicted variances with the centre detached, so the variances learn the error's size
+    without pulling the centre (the mean stays a least-squares fit). None in use: a zero that
+    still touches the head."""
+    if not bool(use.any()):
+        return (center.sum() + log_var.sum()) * 0.0
+    true_center = camera_center(rel_w2c.to(center))
+    sq = (center - true_center)[use].pow(2)
+    nll = 0.5 * (log_var[use] + (center.detach() - true_center)[use].pow(2) * torch.exp(-log_var[use]))
+    return sq.sum(dim=1).mean() + nll.sum(dim=1).mean()
+
+
+def freeze_for_training(model: GST, train_modules) -> list[str]:
+    """Leave only the named top-level modules of `model` trainable (requires_grad); empty: train
+    all. Returns the names of the trainable parameters. ValueError names a module the model
+    lacks."""
+    names = [str(m) for m in train_modules]
+    if not names:
+        return [n for n, _ in model.named_parameters()]
+    children = {n for n, c in model.named_children() if c is not None}
+    unknown = sorted(set(names) - children)
+    if unknown:
+        raise ValueError(f"train_modules {unknown} are not modules of this GST (it has {sorted(children)})")
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[0] in names)
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
 
 
 def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_codebook: torch.Tensor,
@@ -383,7 +429,7 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     keys = ("val_loss", "val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera")
     sums = dict.fromkeys(keys, 0.0)
     count = swapped_count = 0
-    errors = []
+    errors, center_errors = [], []
     no_drop = torch.zeros(batch, dtype=torch.bool)
     for start in range(0, n, batch):
         tokens = collate([data[i] for i in range(start, min(n, start + batch))])
@@ -396,9 +442,13 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks, no_drop[:b], "joint", device)
             with autocast_for(device, cfg):
                 if task == TASK_EST and model_cfg.pose_head:
-                    logits, pose = model(inp, return_pose=True)
-                    errors.append(rotation_error_deg(rotation_from_covariance(pose.double().cpu()),
-                                                     tokens["rel_w2c"][:, :3, :3].double()))
+                    logits, readout = model(inp, return_pose=True)
+                    rel = tokens["rel_w2c"].double()
+                    errors.append(rotation_error_deg(rotation_from_covariance(readout.rotation.double().cpu()),
+                                                     rel[:, :3, :3]))
+                    if readout.center is not None:
+                        miss = readout.center.double().cpu() - camera_center(rel)
+                        center_errors.append(miss.norm(dim=1).numpy())
                 else:
                     logits = model(inp)
             sums["val_loss"] += 0.5 * float(masked_cross_entropy(logits, tgt, mask)) * b
@@ -416,6 +466,8 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     out = {k: v / max(swapped_count if "gain" in k else count, 1) for k, v in sums.items()}
     if errors:
         out["val_pose_head_rra15"] = accuracy_at(np.concatenate(errors), (15.0,))[15.0]
+    if center_errors:
+        out["val_center_head_err"] = float(np.mean(np.concatenate(center_errors)))
     return out
 
 
@@ -492,6 +544,11 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         elif cfg.codebook_embedding_init:
             codebook_embedding_init(model, image_book, camera_book, seed=cfg.seed)
             _say(info, "code embeddings seeded from the tokenizers' codebooks")
+    trainable = freeze_for_training(model, cfg.train_modules)
+    if cfg.train_modules:
+        if cfg.strategy == "fsdp":
+            raise ValueError("train_modules (a partly frozen model) is not supported with strategy fsdp")
+        _say(info, f"training only {cfg.train_modules} ({len(trainable)} tensors); the rest is frozen")
     model.to(device)
     if cfg.precision == "bf16" and device.type != "cuda":
         _say(info, "precision bf16 needs CUDA: this CPU run trains in fp32")
@@ -545,6 +602,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         tasks, dropped = tasks[rs], dropped[rs]
         loss_sum = torch.zeros((), device=device)
         aux_sum = torch.zeros((), device=device)
+        center_sum = torch.zeros((), device=device)
         for k in range(cfg.grad_accum):
             tokens = next(it)
             sl = slice(k * micro, (k + 1) * micro)
@@ -556,15 +614,21 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                 weights = (None if cfg.camera_loss_weight == 1.0 else
                            camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))
                 with autocast_for(device, cfg):
-                    if cfg.pose_aux_weight > 0:
-                        logits, pose = wrapped(inp, return_pose=True)
+                    if cfg.pose_aux_weight > 0 or cfg.center_aux_weight > 0:
+                        logits, readout = wrapped(inp, return_pose=True)
                         use = ((tasks[sl] == TASK_EST) & ~dropped[sl]).to(device)
-                        aux = pose_aux_loss(pose, tokens["rel_w2c"].to(device), use)
+                        rel_w2c = tokens["rel_w2c"].to(device)
+                        aux = cfg.pose_aux_weight * pose_aux_loss(readout.rotation, rel_w2c, use)
                         aux_sum += aux.detach() / cfg.grad_accum
+                        if cfg.center_aux_weight > 0:
+                            c_aux = cfg.center_aux_weight * center_aux_loss(
+                                readout.center, readout.center_log_var, rel_w2c, use)
+                            center_sum += c_aux.detach() / cfg.grad_accum
+                            aux = aux + c_aux
                     else:
                         logits, aux = wrapped(inp), 0.0
                     ce = masked_cross_entropy(logits, tgt, mask, weights)
-                    loss = (ce + cfg.pose_aux_weight * aux) / cfg.grad_accum
+                    loss = (ce + aux) / cfg.grad_accum
                 loss.backward()
             loss_sum += ce.detach() / cfg.grad_accum
         grad_norm = D.clip_grad_norm(wrapped, cfg.grad_clip)
@@ -582,7 +646,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             row = {"step": done, "loss": loss_v, "grad_norm": float(grad_norm), "lr": lr,
                    "tokens_per_s": tokens_per_step * steps_since / max(now - t_last, 1e-9)}
             if cfg.pose_aux_weight > 0:
-                row["pose_aux"] = float(D.mean_over_ranks(aux_sum, info))
+                row["pose_aux"] = float(D.mean_over_ranks(aux_sum, info)) / cfg.pose_aux_weight
+            if cfg.center_aux_weight > 0:
+                row["center_aux"] = float(D.mean_over_ranks(center_sum, info)) / cfg.center_aux_weight
             t_last, steps_since = now, 0
             bar.set_postfix(loss=f"{loss_v:.4f}", gnorm=f"{float(grad_norm):.3f}", lr=f"{lr:.2e}")
         if val is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):

@@ -61,10 +61,11 @@ from gst_ros.geometry import (
     so3_log,
 )
 from gst_ros.geometry.errors import as_array
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.io import ModelFormatError, config_from_dict, load_model_dir, load_state_dict_strict
 from gst_ros.models.sequence import TASK_EST, build_prefix
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
-from gst_ros.models.transformer import GST, GSTConfig
+from gst_ros.models.transformer import GST, GSTConfig, PoseReadout
 from gst_ros.preprocess import center_crop_resize, from_model_tensor
 
 MODEL_NAME = "gst_small"
@@ -225,6 +226,71 @@ def pose_facing_scene_center(R_w2c, distance: float) -> np.ndarray:
     return w2c
 
 
+def head_pose_estimate(readout: PoseReadout, rotation_var_scale: float = 1.0,
+                       center_var_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One pose with its covariance from the read-out heads of one query (a PoseReadout of batch 1:
+    the pose head's unconstrained 3x3 `rotation` M and the centre head's `center`, `center_log_var`).
+
+    Frames: world = the observation camera's optical frame (OpenCV axes), unit scene scale.
+    The rotation is the nearest rotation R (w2c) to M. M was trained by squared error, so it
+    estimates E[R | o, i], which shrinks as the model grows unsure: for c2w rotations
+    Q = Exp(w) Q_mean with small deviations w of covariance S (rotation vectors about the
+    reference frame's fixed axes, as aggregate_pose_samples), E[Q] Q_mean^T ~ I - (tr(S) I - S) / 2.
+    With B = sym(M^T R) ~ that matrix and D = 2 (I - B): S = (tr(D) / 2) I - D, clipped to
+    [0, pi^2] per eigen-direction and multiplied by rotation_var_scale (a calibration factor
+    fitted on held-out pairs, training/calibrate_pose.py). The centre's covariance is
+    diag(exp(center_log_var)) * center_var_scale. Both get the floors of the sample path.
+
+    Returns (w2c (4,4), covariance (6,6) ROS order [x, y, z, rot_x, rot_y, rot_z], confidence in
+    [0, 1], rms_rotation_deg): confidence = exp(-rms_rotation_deg / CONF_ROT_DEG) *
+    exp(-rms_position / CONF_POS), the sample path's formula with the predicted RMS deviations
+    (sqrt of the covariance traces) in place of the samples' spreads."""
+    if readout.center is None or readout.center_log_var is None:
+        raise ValueError("head_pose_estimate needs a centre head's output (GSTConfig.center_head)")
+    M = np.asarray(readout.rotation, dtype=np.float64).reshape(3, 3)
+    C = np.asarray(readout.center, dtype=np.float64).reshape(3)
+    log_var = np.asarray(readout.center_log_var, dtype=np.float64).reshape(3)
+    if not (np.isfinite(M).all() and np.isfinite(C).all() and np.isfinite(log_var).all()):
+        raise ValueError("the read-out heads gave non-finite values")
+    R = rotation_from_covariance(torch.from_numpy(M)[None])[0].numpy()
+    B = M.T @ R
+    D = (2.0 * (np.eye(3) - 0.5 * (B + B.T)))
+    S = 0.5 * np.trace(D) * np.eye(3) - D
+    vals, vecs = np.linalg.eigh(0.5 * (S + S.T))
+    S = (vecs * np.clip(vals, 0.0, math.pi ** 2)) @ vecs.T * rotation_var_scale
+    P = np.diag(np.exp(np.clip(log_var, -30.0, 10.0))) * center_var_scale
+    cov = np.zeros((6, 6))
+    cov[:3, :3] = P + POSITION_VAR_FLOOR * np.eye(3)
+    cov[3:, 3:] = 0.5 * (S + S.T) + ROTATION_VAR_FLOOR * np.eye(3)
+    rms_rot_deg = math.degrees(math.sqrt(float(np.trace(S))))
+    rms_pos = math.sqrt(float(np.trace(P)))
+    confidence = math.exp(-rms_rot_deg / CONF_ROT_DEG) * math.exp(-rms_pos / CONF_POS)
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ C
+    return w2c, cov, float(confidence), rms_rot_deg
+
+
+POSE_CALIBRATION_KEYS = ("rotation_var_scale", "center_var_scale")
+
+
+def pose_calibration_from(meta: dict, where) -> dict:
+    """{"rotation_var_scale", "center_var_scale"} for head_pose_estimate from a transformer's
+    config.json (`pose_calibration`, written by training/calibrate_pose.py); 1.0 where absent.
+    ModelFormatError (naming `where`) for a value that is not a finite positive number."""
+    cal = meta.get("pose_calibration") or {}
+    if not isinstance(cal, dict):
+        raise ModelFormatError(f"{where}: pose_calibration must be a mapping, got {type(cal).__name__}")
+    out = {}
+    for key in POSE_CALIBRATION_KEYS:
+        value = cal.get(key, 1.0)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and value > 0):
+            raise ModelFormatError(f"{where}: pose_calibration.{key} must be a finite positive number, "
+                                   f"got {value!r}")
+        out[key] = float(value)
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     """"auto" -> cuda when available else cpu; anything else is passed to torch.device."""
     if name == "auto":
@@ -277,6 +343,7 @@ class GSTEngine:
         load_state_dict_strict(self.model, state, str(self.model_dir / "gst"))
         self.model.to(self.device).eval()
         self._check_compatible(gcfg)
+        self.pose_calibration = pose_calibration_from(meta, self.model_dir / "gst")
         self.pose_estimate = self._resolve_pose_estimate(cfg.pose_estimate)
         self.image_size: int = self.image_tokenizer.resolution
         self.grid: int = self.image_tokenizer.grid
@@ -395,24 +462,36 @@ class GSTEngine:
                       seed=None, estimate: str | None = None) -> PoseEstimate:
         """Pose of the camera that took `target`, relative to the camera of `observation`.
 
-        Samples `samples` camera-token grids from p(c | target, observation) ([o, <EST>, i] -> c),
-        decodes each to a Plücker map and a camera (with K_target when known, else the
-        homography route that also estimates the focal length) and forms the estimate by the
-        read-out `estimate` (None = EngineConfig.pose_estimate; "auto" as there):
+        The read-out `estimate` (None = EngineConfig.pose_estimate; "auto" as there):
+        - "head" with a model that has pose and centre heads: one forward pass over [o, <EST>, i]
+          (generation.pose_readout), no sampling: the pose head's rotation, the centre head's
+          camera centre, the covariance and confidence the heads predict (head_pose_estimate,
+          scaled by the model's calibration); `samples` is not used and samples_w2c holds the
+          one estimate.
+        Otherwise `samples` camera-token grids are sampled from p(c | target, observation)
+        ([o, <EST>, i] -> c) and decoded to Plücker maps and cameras (with K_target when known,
+        else the homography route that also estimates the focal length); covariance and
+        confidence come from their spread, and the pose is
         - "mean": the average of the samples (aggregate_pose_samples);
         - "mode": the sample of highest log p(c | i, o);
-        - "head": the rotation the model's pose head reads from the same [o, <EST>, i] pass
-          (generation.pose_head_rotation), with the camera placed on its optical axis through the
-          scene centre at the samples' median distance from it (pose_facing_scene_center).
-        Covariance and confidence always come from the spread of the samples. K_obs / K_target:
-        intrinsics of the images as given, or None. A sample whose decoded rays are degenerate
-        (no camera fits) is left out of samples_w2c; RuntimeError if none fits."""
+        - "head" (a pose head without a centre head): the pose head's rotation, with the camera
+          placed on its optical axis through the scene centre at the samples' median distance
+          from it (pose_facing_scene_center).
+        K_obs / K_target: intrinsics of the images as given, or None. A sample whose decoded rays
+        are degenerate (no camera fits) is left out of samples_w2c; RuntimeError if none fits."""
         t0 = time.perf_counter()
         _check_count(samples, "samples")
         estimate = self.pose_estimate if estimate is None else self._resolve_pose_estimate(estimate)
         obs_sq, _ = self.prepare(observation, K_obs, "observation")
         tgt_sq, K_tgt = self.prepare(target, K_target, "target")
         gen = self._generator_for(seed)
+        if estimate == "head" and self.model.center_head is not None:
+            with self._autocast():
+                readout = generation.pose_readout(self.model, self.image_tokens(obs_sq),
+                                                  self.image_tokens(tgt_sq))
+            w2c, cov, conf, spread = head_pose_estimate(readout, **self.pose_calibration)
+            return PoseEstimate(w2c=w2c, samples_w2c=w2c[None], covariance=cov, confidence=conf,
+                                rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
         with self._autocast():
             obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
             codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
@@ -426,7 +505,8 @@ class GSTEngine:
             w2c = samples_w2c[int(torch.argmax(loglik[kept].float()))]
         elif estimate == "head":
             with self._autocast():
-                R = generation.pose_head_rotation(self.model, obs_tok, tgt_tok)[0].numpy()
+                M = generation.pose_readout(self.model, obs_tok, tgt_tok).rotation
+            R = rotation_from_covariance(M.double())[0].numpy()
             distance = float(np.median(np.linalg.norm(invert_pose(samples_w2c)[:, :3, 3] - SCENE_CENTER_REF,
                                                       axis=1)))
             w2c = pose_facing_scene_center(R, max(distance, 1e-3))

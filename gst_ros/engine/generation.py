@@ -12,7 +12,7 @@ image codes in [0, image_vocab), camera codes in [0, camera_vocab) WITHOUT the v
     novel_view(model, obs, camera)          [o, <GEN>, c] -> i      p(i | c, o)
     propose_cameras(model, obs)             [o, <GEN>]    -> c (, i) p(c | o) (then p(i | c, o))
     unconditional_view(model, obs)          [o, <EST>]    -> i      p(i | o)
-    pose_head_rotation(model, obs, image)   [o, <EST>, i] -> R      the pose head's read-out
+    pose_readout(model, obs, image)         [o, <EST>, i] -> R, C   the read-out heads (no sampling)
 
 Classifier-free guidance (LlamaGen style): the batch is doubled as [cond; null] with the null
 condition = the observation replaced by token 0; logits = u + s (c - u), computed as
@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.sequence import TASK_EST, TASK_GEN, build_prefix, null_condition
-from gst_ros.models.transformer import GST
+from gst_ros.models.transformer import GST, PoseReadout
 
 
 @dataclass
@@ -182,12 +181,14 @@ def estimate_pose(model: GST, observation: torch.Tensor, image: torch.Tensor,
     return vocab.ids_to_camera(ids)
 
 
-def pose_head_rotation(model: GST, observation: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) float64 rotation of the target camera in the observation's camera frame (w2c
-    convention, x_target = R x_observation + t, OpenCV axes), read by the model's pose head from
-    the final states of the target view in one teacher-forced pass over [o, <EST>, i] and
-    projected onto SO(3) (nearest rotation in the Frobenius norm). Deterministic: no sampling.
-    observation, image: (B, n) image codes. ValueError for a model without a pose head."""
+def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor) -> PoseReadout:
+    """The read-out heads' outputs (PoseReadout, fp32 on the CPU) for one teacher-forced pass over
+    [o, <EST>, i]: the pose head's unconstrained 3x3 estimate of the target camera's rotation in
+    the observation's camera frame (w2c convention, x_target = R x_observation + t, OpenCV axes;
+    its nearest rotation, gst_ros.geometry.rotations.rotation_from_covariance, is the estimate)
+    and, for a model with a centre head, the target camera's centre in that frame (unit scene
+    scale) with its log-variances. Deterministic: no sampling. observation, image: (B, n) image
+    codes. ValueError for a model without a pose head."""
     if model.pose_head is None:
         raise ValueError("this GST has no pose head (GSTConfig.pose_head=False): read the pose from "
                          "sampled camera tokens instead")
@@ -197,10 +198,10 @@ def pose_head_rotation(model: GST, observation: torch.Tensor, image: torch.Tenso
     model.eval()
     try:
         with torch.inference_mode():
-            _, pose = model(prefix.to(model.output.weight.device), return_pose=True)
+            _, readout = model(prefix.to(model.output.weight.device), return_pose=True)
     finally:
         model.train(was_training)
-    return rotation_from_covariance(pose.double().cpu())
+    return PoseReadout(*(None if t is None else t.float().cpu() for t in readout))
 
 
 def novel_view(model: GST, observation: torch.Tensor, camera: torch.Tensor,

@@ -47,7 +47,11 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   "Reading the pose"). Trained by an auxiliary loss (training/train_gst.py, `pose_aux_weight`):
   a dense signal that makes every target-view cell carry the pose, which the camera tokens after
   it attend to. At inference it is also a read-out of its own: the engine's `pose_estimate`
-  "head" (gst_ros.engine.generation.pose_head_rotation) takes the rotation from it.
+  "head" (gst_ros.engine.generation.pose_readout) takes the rotation from it.
+- optional centre head (`center_head=True`, needs the pose head): the same kind of read-out of the
+  same states giving the target camera's centre in the observation's frame and a log-variance
+  per axis (`center_aux_weight`; trainable alone on a frozen model, `train_modules`). With both
+  heads the engine's "head" read-out is one forward pass: no camera tokens are sampled.
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -56,6 +60,7 @@ Inference uses a preallocated KV cache (`setup_caches`, then forward with `input
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -64,6 +69,31 @@ import torch.nn.functional as F
 from gst_ros.models.sequence import Layout, Vocabulary
 
 POSE_CELL_FEATURES = 16  # pose head: features per target-view cell before the flattened MLP
+
+
+class PoseReadout(NamedTuple):
+    """What the read-out heads give for an <EST>-order sequence [o, <EST>, i, ...] (fp32).
+
+    rotation: (B, 3, 3) the pose head's unconstrained estimate of the target camera's rotation in
+      the observation camera's frame (w2c convention, x_target = R x_observation + t, OpenCV
+      axes). Trained by squared error, it estimates the conditional mean E[R | o, i]: its nearest
+      rotation is the estimate and its singular values fall below 1 as the model grows unsure.
+    center: (B, 3) the centre head's target camera centre C in the observation camera's frame
+      (unit scene scale: the observation camera is 1 from the scene centre), or None without one.
+    center_log_var: (B, 3) log-variances of that centre per axis, or None."""
+
+    rotation: torch.Tensor
+    center: torch.Tensor | None = None
+    center_log_var: torch.Tensor | None = None
+
+
+def cell_readout_head(config: GSTConfig, outputs: int) -> nn.Sequential:
+    """A read-out of the target view's final states (B, n, dim) -> (B, outputs): each cell's state
+    is mapped to POSE_CELL_FEATURES features, the grid of them is flattened and a two-layer MLP
+    reads it (position-specific weights: reading one token instead learned far slower)."""
+    return nn.Sequential(nn.Linear(config.dim, POSE_CELL_FEATURES), nn.Flatten(),
+                         nn.Linear(config.layout.n * POSE_CELL_FEATURES, 256), nn.GELU(),
+                         nn.Linear(256, outputs))
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -94,6 +124,7 @@ class GSTConfig:
     image_code_dim: int = 0   # > 0: image codes also enter as their (frozen) tokenizer codebook vector
     camera_code_dim: int = 0  # > 0: the same for camera codes (the camera tokenizer's codebook)
     pose_head: bool = False   # auxiliary rotation head on the <EST> target-view states
+    center_head: bool = False  # camera-centre head (centre + its log-variance) on the same states
     aligned_observation: bool = False  # target-view image tokens also get the observation code of their cell
 
     def __post_init__(self):
@@ -108,6 +139,8 @@ class GSTConfig:
             raise ValueError("aligned_observation uses the image codebook features: set image_code_dim")
         if self.image_code_dim < 0 or self.camera_code_dim < 0:
             raise ValueError(f"code dims must be >= 0, got {self.image_code_dim}, {self.camera_code_dim}")
+        if self.center_head and not self.pose_head:
+            raise ValueError("center_head reads the pose head's target-view states: set pose_head too")
         if self.task_token_rope not in ("identity", "zero"):
             raise ValueError(f"task_token_rope must be 'identity' or 'zero', got {self.task_token_rope!r}")
 
@@ -300,9 +333,8 @@ class GST(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.pose_head = None
         if config.pose_head:
-            self.pose_head = nn.Sequential(nn.Linear(config.dim, POSE_CELL_FEATURES), nn.Flatten(),
-                                           nn.Linear(config.layout.n * POSE_CELL_FEATURES, 256), nn.GELU(),
-                                           nn.Linear(256, 9))
+            self.pose_head = cell_readout_head(config, 9)
+        self.center_head = cell_readout_head(config, 6) if config.center_head else None
         layout = config.layout
         rows, cols = layout.grid_positions()
         table = rope_table(rows, cols, config.head_dim, config.rope_base)
@@ -431,16 +463,17 @@ class GST(nn.Module):
         self._observation = None
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_pose: bool = False):
-        """Logits (B, T, vocab_size) in fp32; with return_pose, (logits, pose (B, 3, 3) fp32).
+        """Logits (B, T, vocab_size) in fp32; with return_pose, (logits, PoseReadout).
 
         idx: (B, T) shared-vocabulary ids. Without input_pos, idx is a sequence prefix starting at
         sequence index 0 (training, or recomputation) under a causal mask. With input_pos (T,)
         long, the sequence indices of idx (increasing, contiguous with what the cache holds),
         the keys/values go to the KV cache set up by setup_caches and attention covers the cache.
-        return_pose (training, no input_pos, a model with pose_head, T > 2n): also the pose head's
-        unconstrained 3x3 output from input indices n+1 .. 2n. For an <EST>-order sequence it estimates the
-        rotation of the target camera in the observation's camera frame (w2c convention,
-        x_target = R x_observation + t, OpenCV axes); for <GEN> order it means nothing."""
+        return_pose (no input_pos, a model with pose_head, T > 2n): also the read-out heads' outputs
+        from the final states of input indices n+1 .. 2n (PoseReadout: the pose head's
+        unconstrained 3x3 rotation, the centre head's centre and log-variances when it has one).
+        For an <EST>-order sequence they estimate the target camera in the observation camera's
+        frame; for <GEN> order they mean nothing."""
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -478,7 +511,12 @@ class GST(nn.Module):
         n = self.config.layout.n
         if input_pos is not None or t <= 2 * n:
             raise ValueError(f"return_pose needs a full training prefix of more than {2 * n} tokens")
-        return logits, self.pose_head(h[:, n + 1: 2 * n + 1]).float().view(-1, 3, 3)
+        target_view = h[:, n + 1: 2 * n + 1]
+        rotation = self.pose_head(target_view).float().view(-1, 3, 3)
+        if self.center_head is None:
+            return logits, PoseReadout(rotation)
+        center = self.center_head(target_view).float()
+        return logits, PoseReadout(rotation, center[:, :3], center[:, 3:])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -65,7 +65,8 @@ PARAMETERS: tuple[Param, ...] = (
     # pose output
     Param("estimated_frames", [""], "TF child frame per camera (same order as cameras); empty entries or a "
           "shorter list = <camera>_estimated"),
-    Param("pose_samples", 4, "sampled poses per estimate (the covariance comes from their spread)",
+    Param("pose_samples", 4, "sampled poses per estimate for the camera-token read-outs (the covariance "
+          "comes from their spread); a model with pose and centre heads samples none",
           read_only=False, range=(1, 64)),
     Param("translation_scale", 1.0, "metres per model unit: the model's translation is unit-scale",
           read_only=False, range=(1e-6, 1e6)),

@@ -1,0 +1,212 @@
+"""Calibrate (and check) the uncertainty the read-out heads predict, on held-out token pairs.
+
+    python -m training.calibrate_pose --model models/gst_small \
+        --shards outputs/known/tokens/test_views --scenes 100: --write
+    python -m training.calibrate_pose --model models/gst_small --shards outputs/known/tokens/test_objects
+
+A model with pose and centre heads estimates a pose in one pass (GSTEngine, pose_estimate
+"head") and a covariance from the heads themselves (gst_ros.engine.engine.head_pose_estimate):
+the rotation's from how far the pose head's matrix has shrunk from a rotation, the centre's from
+the centre head's log-variances. Those are right in shape but not in size (a model fits its
+training pairs better than new ones), so each gets one factor, fitted here by maximum likelihood
+on held-out pairs: for pair i with predicted covariance S_i (before the floor), floor F and error
+e_i (the rotation vector of R_true R_pred^T about the reference axes, in the covariance's
+convention; or the centre's error), the factor a minimises the mean Gaussian negative
+log-likelihood of e_i under a S_i + F.
+
+Pairs are read from token shards (training/pretokenize.py) exactly as the transformer saw them at
+training time: the observation's and target's image tokens and the true relative camera
+(rel_w2c, unit scene scale), so no image is decoded. --scenes A:B takes the pairs of scenes
+A..B-1 of the shards' manifest (the evaluation, training/evaluate.py, reads the first scenes of a
+split, so fit on scenes it does not use). --write stores {"rotation_var_scale",
+"center_var_scale", ...} as `pose_calibration` in <model>/gst/config.json, which the engine reads.
+
+Prints, before and after calibration: the median centre error (and, for comparison, that of the
+head's rotation placed on its optical axis through the scene centre at distance 1, the read-out
+of a model with a pose head only), the mean NLL, and the coverage (share of pairs whose squared
+Mahalanobis error is within the chi-square(3) 68% / 95% quantiles, ideal 0.68 / 0.95), and the
+rank correlation between the predicted RMS rotation deviation and the actual rotation error (does
+a larger predicted uncertainty mean a larger error?). Writes them to --out (JSON) when given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gst_ros.engine.engine import (
+    POSE_CALIBRATION_KEYS,
+    POSITION_VAR_FLOOR,
+    ROTATION_VAR_FLOOR,
+    EngineConfig,
+    GSTEngine,
+    head_pose_estimate,
+    pose_facing_scene_center,
+)
+from gst_ros.engine.generation import pose_readout
+from gst_ros.geometry import invert_pose, so3_log
+from gst_ros.geometry.conventions import camera_center
+from gst_ros.models.transformer import PoseReadout
+from training.token_shards import TokenShardDataset, collate
+
+CHI2_3 = {0.68: 3.5059, 0.95: 7.8147}  # chi-square quantiles, 3 degrees of freedom
+SCALE_GRID = np.exp(np.linspace(math.log(1e-3), math.log(1e3), 601))
+
+
+def parse_scene_range(text: str, n_scenes: int) -> range:
+    """"A:B" (either side may be empty) -> range of scene indices, clipped to [0, n_scenes)."""
+    a, sep, b = text.partition(":")
+    if not sep:
+        raise ValueError(f"--scenes expects A:B (e.g. 100: or 0:60), got {text!r}")
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else n_scenes
+    except ValueError:
+        raise ValueError(f"--scenes expects integers A:B, got {text!r}") from None
+    lo, hi = max(0, lo), min(n_scenes, hi)
+    if lo >= hi:
+        raise ValueError(f"--scenes {text!r} selects no scene of {n_scenes}")
+    return range(lo, hi)
+
+
+def head_errors(engine: GSTEngine, data: TokenShardDataset, indices, batch: int = 64,
+                progress: bool = True) -> dict:
+    """Per pair: the uncalibrated predicted covariances and the actual errors of the heads' pose.
+
+    Returns {"rot_cov" (P,3,3) rad^2 and "pos_cov" (P,3,3) (unit scene scale)^2 without floors,
+    "rot_err" (P,3) rotation vector of Q_true Q_pred^T (Q = camera-to-reference rotation, about
+    the reference frame's fixed axes, rad), "pos_err" (P,3) true minus predicted camera centre in
+    the reference frame, "angle_deg" (P,) rotation error, "rms_rot_deg" (P,) predicted RMS
+    rotation deviation, "placement_err" (P,) centre error of the same rotation placed on its
+    optical axis through the scene centre at distance 1 (what a pose head alone implies)}."""
+    if engine.model.center_head is None:
+        raise ValueError(f"{engine.model_dir}: the transformer has no centre head (GSTConfig.center_head): "
+                         "nothing to calibrate")
+    one = {"rotation_var_scale": 1.0, "center_var_scale": 1.0}
+    floors = np.zeros((6, 6))
+    floors[:3, :3] = POSITION_VAR_FLOOR * np.eye(3)
+    floors[3:, 3:] = ROTATION_VAR_FLOOR * np.eye(3)
+    out = {k: [] for k in ("rot_cov", "pos_cov", "rot_err", "pos_err", "angle_deg", "rms_rot_deg",
+                           "placement_err")}
+    indices = list(indices)
+    for start in tqdm(range(0, len(indices), batch), desc="calibrate", disable=not progress):
+        items = collate([data[i] for i in indices[start:start + batch]])
+        readout = pose_readout(engine.model, items["observation"].to(engine.device),
+                               items["image"].to(engine.device))
+        for j in range(len(items["observation"])):
+            one_readout = PoseReadout(*(t[j:j + 1] for t in readout))
+            w2c, cov, _, rms = head_pose_estimate(one_readout, **one)
+            cov = cov - floors
+            true = items["rel_w2c"][j].numpy()
+            q_true, q_pred = invert_pose(true)[:3, :3], invert_pose(w2c)[:3, :3]
+            w = so3_log(torch.from_numpy(q_true @ q_pred.T)).numpy()
+            out["rot_cov"].append(cov[3:, 3:])
+            out["pos_cov"].append(cov[:3, :3])
+            out["rot_err"].append(w)
+            out["pos_err"].append(camera_center(true) - camera_center(w2c))
+            out["angle_deg"].append(math.degrees(float(np.linalg.norm(w))))
+            out["rms_rot_deg"].append(rms)
+            placed = pose_facing_scene_center(w2c[:3, :3], 1.0)  # the read-out without a centre head
+            out["placement_err"].append(float(np.linalg.norm(camera_center(true) - camera_center(placed))))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def gaussian_nll(err: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """(P,) negative log-likelihood of errors err (P,3) under N(0, cov (P,3,3)), without the
+    constant 1.5 log(2 pi)."""
+    sign, logdet = np.linalg.slogdet(cov)
+    maha = np.einsum("pi,pi->p", err, np.linalg.solve(cov, err[..., None])[..., 0])
+    return 0.5 * (logdet + maha)
+
+
+def fit_scale(err: np.ndarray, cov: np.ndarray, floor: float) -> float:
+    """The factor a (on a log grid 1e-3..1e3) minimising the mean NLL of err under a cov + floor I."""
+    eye = floor * np.eye(3)
+    nll = [float(np.mean(gaussian_nll(err, a * cov + eye))) for a in SCALE_GRID]
+    return float(SCALE_GRID[int(np.argmin(nll))])
+
+
+def coverage(err: np.ndarray, cov: np.ndarray) -> dict:
+    """Share of errors within the chi-square(3) 68% and 95% ellipsoids of cov."""
+    maha = np.einsum("pi,pi->p", err, np.linalg.solve(cov, err[..., None])[..., 0])
+    return {f"{int(q * 100)}%": float(np.mean(maha <= c)) for q, c in CHI2_3.items()}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties broken by order; enough for continuous values)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def report(errs: dict, scales: dict) -> dict:
+    """NLL and coverage of rotation and centre under the given scales, and the rank correlation of
+    predicted and actual rotation error."""
+    rot_cov = scales["rotation_var_scale"] * errs["rot_cov"] + ROTATION_VAR_FLOOR * np.eye(3)
+    pos_cov = scales["center_var_scale"] * errs["pos_cov"] + POSITION_VAR_FLOOR * np.eye(3)
+    return {"rotation_nll": float(np.mean(gaussian_nll(errs["rot_err"], rot_cov))),
+            "rotation_coverage": coverage(errs["rot_err"], rot_cov),
+            "center_nll": float(np.mean(gaussian_nll(errs["pos_err"], pos_cov))),
+            "center_coverage": coverage(errs["pos_err"], pos_cov),
+            "rank_corr_predicted_vs_actual_rotation_error": rank_correlation(errs["rms_rot_deg"],
+                                                                              errs["angle_deg"]),
+            "median_rotation_error_deg": float(np.median(errs["angle_deg"])),
+            "median_predicted_rms_rotation_deg": float(np.median(errs["rms_rot_deg"]
+                                                                 * math.sqrt(scales["rotation_var_scale"]))),
+            "median_center_error": float(np.median(np.linalg.norm(errs["pos_err"], axis=1))),
+            "median_center_error_axis_placement": float(np.median(errs["placement_err"]))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.calibrate_pose", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="GST model directory (pose and centre heads)")
+    ap.add_argument("--shards", required=True, help="held-out token shards (training/pretokenize.py)")
+    ap.add_argument("--scenes", default=":", help="scene range A:B of the shards' manifest (default all)")
+    ap.add_argument("--write", action="store_true",
+                    help="fit the two factors and store them in <model>/gst/config.json")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device))
+    data = TokenShardDataset(args.shards)
+    try:
+        scenes = parse_scene_range(args.scenes, len(data.scenes))
+    except ValueError as e:
+        ap.error(str(e))
+    pair_scene = np.array([data[i]["scene"] for i in range(len(data))])
+    indices = np.flatnonzero((pair_scene >= scenes.start) & (pair_scene < scenes.stop))
+    errs = head_errors(engine, data, indices, args.batch, progress=not args.no_progress)
+    stored = dict(engine.pose_calibration)
+    result = {"model": str(args.model), "shards": str(args.shards), "scenes": f"{scenes.start}:{scenes.stop}",
+              "pairs": int(len(indices)), "stored_calibration": stored,
+              "uncalibrated": report(errs, dict.fromkeys(POSE_CALIBRATION_KEYS, 1.0)),
+              "with_stored_calibration": report(errs, stored)}
+    if args.write:
+        fitted = {"rotation_var_scale": fit_scale(errs["rot_err"], errs["rot_cov"], ROTATION_VAR_FLOOR),
+                  "center_var_scale": fit_scale(errs["pos_err"], errs["pos_cov"], POSITION_VAR_FLOOR)}
+        result["fitted"] = fitted
+        result["with_fitted_calibration"] = report(errs, fitted)
+        path = Path(args.model) / "gst" / "config.json"
+        meta = json.loads(path.read_text())
+        meta["pose_calibration"] = {**fitted, "pairs": int(len(indices)), "shards": str(args.shards),
+                                    "scenes": f"{scenes.start}:{scenes.stop}"}
+        path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        print(f"wrote pose_calibration to {path}", file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
