@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 pytest.importorskip("rclpy")
 
 from gst_ros.geometry import intrinsics_from_fov, invert_pose, look_at, project_points  # noqa: E402
-from gst_ros.ros.demo import montage, pose_errors, summarize  # noqa: E402
+from gst_ros.ros.demo import baseline_deg, montage, pose_errors, summarize  # noqa: E402
 from gst_ros.ros.gst_node import classify_problem, scale_covariance, scale_translation  # noqa: E402
 from gst_ros.ros.markers import frustum_array, frustum_segments  # noqa: E402
 from gst_ros.ros.worker import LatestItemWorker  # noqa: E402
@@ -138,6 +138,11 @@ def test_demo_pose_errors_follow_the_reference_frame_convention():
     assert pose_errors(w2c_ref, w2c_t, wrong)[0] == pytest.approx(20.0, abs=1e-6)
     # the world-frame mistake (using w2c_t itself) gives a large error here
     assert pose_errors(w2c_ref, w2c_t, w2c_t)[0] > 30.0
+    # how far the camera turned: the true relative rotation's angle, whatever the world frame
+    assert baseline_deg(w2c_ref, w2c_ref) == pytest.approx(0.0, abs=1e-5)
+    spun = np.eye(4)
+    spun[:3, :3] = Rz
+    assert baseline_deg(w2c_ref, spun @ w2c_ref) == pytest.approx(20.0, abs=1e-6)
 
 
 def test_demo_summary_and_montage():

@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.sequence import Layout, make_batch, masked_cross_entropy
 from gst_ros.models.transformer import (
     GST,
@@ -305,8 +306,9 @@ def test_pose_head_reads_the_first_camera_token_input():
 
 def test_center_head_reads_the_same_target_view_states():
     """A centre head gives (B, 3) centres and log-variances from the target view's states (causal
-    like the pose head); adding it leaves the logits and the pose head's output unchanged, and it
-    cannot exist without a pose head."""
+    like the pose head), the centre as a correction to the pose head rotation's object-centric
+    placement that starts at zero; adding it leaves the logits and the pose head's output
+    unchanged, and it cannot exist without a pose head."""
     base = dict(grid=(2, 2), pose_head=True, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
     torch.manual_seed(0)
     plain = GST(gst_config("tiny", **base)).eval()
@@ -320,12 +322,18 @@ def test_center_head_reads_the_same_target_view_states():
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(readout.rotation, ref.rotation)
     assert readout.center.shape == (3, 3) and readout.center_log_var.shape == (3, 3)
+    # a fresh centre head adds nothing yet: the centre is the rotation's object-centric placement
+    R = rotation_from_covariance(readout.rotation)
+    torch.testing.assert_close(readout.center, torch.tensor([0.0, 0.0, 1.0]) - R[:, 2, :])
+    torch.testing.assert_close(readout.center_log_var, torch.zeros(3, 3))
     later = idx.clone()
     later[:, 2 * n + 1:] = 0
     torch.testing.assert_close(model(later, return_pose=True)[1].center, readout.center)
     earlier = idx.clone()
     earlier[:, n + 1] = (idx[:, n + 1] + 1) % model.config.image_vocab
-    assert not torch.allclose(model(earlier, return_pose=True)[1].center, readout.center)
+    torch.nn.init.normal_(model.center_head[-1].weight)  # a trained head reads the states too
+    changed = model(earlier, return_pose=True)[1]
+    assert not torch.allclose(changed.center_log_var, model(idx, return_pose=True)[1].center_log_var)
     with pytest.raises(ValueError, match="set pose_head too"):
         gst_config("tiny", grid=(2, 2), center_head=True)
 

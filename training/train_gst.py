@@ -101,7 +101,8 @@ class TrainConfig:
     pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
     center_aux_weight: float = 0.0       # > 0: camera-centre loss through the model's centre head
     train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
-                                         # [center_head]); empty: all. The rest stay frozen
+                                         # [center_head]); empty: all. The rest stay frozen;
+                                         # only read-out heads: the token loss is skipped (logged 0)
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -226,6 +227,7 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
 
 
 ADDABLE_MODULES = ("pose_head.", "center_head.", "aligned_proj.")  # optional parts a trained model may gain
+READOUT_HEADS = ("pose_head", "center_head")  # train_modules made only of these: no token loss
 
 
 def init_state_with_new_heads(model: GST, state: dict) -> dict:
@@ -545,6 +547,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             codebook_embedding_init(model, image_book, camera_book, seed=cfg.seed)
             _say(info, "code embeddings seeded from the tokenizers' codebooks")
     trainable = freeze_for_training(model, cfg.train_modules)
+    heads_only = bool(cfg.train_modules) and set(cfg.train_modules) <= set(READOUT_HEADS)
+    prefix_len = 2 * model_cfg.layout.n + 1  # [o, task, first segment]: what the heads read
     if cfg.train_modules:
         if cfg.strategy == "fsdp":
             raise ValueError("train_modules (a partly frozen model) is not supported with strategy fsdp")
@@ -615,7 +619,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                            camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))
                 with autocast_for(device, cfg):
                     if cfg.pose_aux_weight > 0 or cfg.center_aux_weight > 0:
-                        logits, readout = wrapped(inp, return_pose=True)
+                        # training only read-out heads: no token loss, the pass stops at the target view
+                        seq = inp[:, :prefix_len] if heads_only else inp
+                        logits, readout = wrapped(seq, return_pose=True)
                         use = ((tasks[sl] == TASK_EST) & ~dropped[sl]).to(device)
                         rel_w2c = tokens["rel_w2c"].to(device)
                         aux = cfg.pose_aux_weight * pose_aux_loss(readout.rotation, rel_w2c, use)
@@ -627,7 +633,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                             aux = aux + c_aux
                     else:
                         logits, aux = wrapped(inp), 0.0
-                    ce = masked_cross_entropy(logits, tgt, mask, weights)
+                    ce = (torch.zeros((), device=device) if heads_only
+                          else masked_cross_entropy(logits, tgt, mask, weights))
                     loss = (ce + aux) / cfg.grad_accum
                 loss.backward()
             loss_sum += ce.detach() / cfg.grad_accum

@@ -52,7 +52,9 @@ from gst_ros.engine import generation
 from gst_ros.engine.generation import SamplingConfig
 from gst_ros.engine.onnx_tokenizer import BACKENDS, load_tokenizer
 from gst_ros.geometry import (
+    SCENE_CENTER_REF,
     GeometryError,
+    center_facing_scene,
     check_intrinsics,
     check_pose,
     intrinsics_from_fov,
@@ -146,9 +148,6 @@ class PredictedView:
 
 
 POSE_ESTIMATES = ("auto", "mean", "mode", "head")
-# In the reference (observation) camera frame the scene centre lies on the optical axis at unit
-# distance: the scene normalisation (gst_ros.geometry.normalize_scene, mode "center").
-SCENE_CENTER_REF = np.array([0.0, 0.0, 1.0])
 
 
 @dataclass
@@ -220,7 +219,7 @@ def pose_facing_scene_center(R_w2c, distance: float) -> np.ndarray:
     R = as_array(R_w2c, "R_w2c", (3, 3))
     if not (math.isfinite(distance) and distance > 0):
         raise ValueError(f"distance must be a finite positive number, got {distance}")
-    C = SCENE_CENTER_REF - distance * R[2]
+    C = center_facing_scene(R, distance)
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, -R @ C
     return w2c
@@ -235,10 +234,13 @@ def head_pose_estimate(readout: PoseReadout, rotation_var_scale: float = 1.0,
     The rotation is the nearest rotation R (w2c) to M. M was trained by squared error, so it
     estimates E[R | o, i], which shrinks as the model grows unsure: for c2w rotations
     Q = Exp(w) Q_mean with small deviations w of covariance S (rotation vectors about the
-    reference frame's fixed axes, as aggregate_pose_samples), E[Q] Q_mean^T ~ I - (tr(S) I - S) / 2.
-    With B = sym(M^T R) ~ that matrix and D = 2 (I - B): S = (tr(D) / 2) I - D, clipped to
-    [0, pi^2] per eigen-direction and multiplied by rotation_var_scale (a calibration factor
-    fitted on held-out pairs, training/calibrate_pose.py). The centre's covariance is
+    reference frame's fixed axes, as aggregate_pose_samples), E[Q] Q_mean^T ~ I - (tr(S) I - S) / 2,
+    so tr(S) ~ 3 - tr(M^T R) = sum_i (1 - l_i), l_i the eigenvalues of sym(R^T M) (M's singular
+    values with R's sign). The rotation covariance is isotropic with total sum_i |1 - l_i|: a
+    head that overshoots (l_i > 1, which no average of rotations does) is unsure too. Per axis
+    that is sum_i |1 - l_i| / 3, at most pi^2 (the direction-wise split of S the same expansion
+    gives is degenerate for the shipped head: docs/engine.md), times rotation_var_scale (a
+    calibration factor fitted on held-out pairs, training/calibrate_pose.py). The centre's covariance is
     diag(exp(center_log_var)) * center_var_scale. Both get the floors of the sample path.
 
     Returns (w2c (4,4), covariance (6,6) ROS order [x, y, z, rot_x, rot_y, rot_z], confidence in
@@ -253,15 +255,13 @@ def head_pose_estimate(readout: PoseReadout, rotation_var_scale: float = 1.0,
     if not (np.isfinite(M).all() and np.isfinite(C).all() and np.isfinite(log_var).all()):
         raise ValueError("the read-out heads gave non-finite values")
     R = rotation_from_covariance(torch.from_numpy(M)[None])[0].numpy()
-    B = M.T @ R
-    D = (2.0 * (np.eye(3) - 0.5 * (B + B.T)))
-    S = 0.5 * np.trace(D) * np.eye(3) - D
-    vals, vecs = np.linalg.eigh(0.5 * (S + S.T))
-    S = (vecs * np.clip(vals, 0.0, math.pi ** 2)) @ vecs.T * rotation_var_scale
+    shrink = np.linalg.eigvalsh(0.5 * (R.T @ M + M.T @ R))  # M's singular values, signed as in R
+    per_axis = min(float(np.abs(1.0 - shrink).sum()) / 3.0, math.pi ** 2)
+    S = per_axis * rotation_var_scale * np.eye(3)
     P = np.diag(np.exp(np.clip(log_var, -30.0, 10.0))) * center_var_scale
     cov = np.zeros((6, 6))
     cov[:3, :3] = P + POSITION_VAR_FLOOR * np.eye(3)
-    cov[3:, 3:] = 0.5 * (S + S.T) + ROTATION_VAR_FLOOR * np.eye(3)
+    cov[3:, 3:] = S + ROTATION_VAR_FLOOR * np.eye(3)
     rms_rot_deg = math.degrees(math.sqrt(float(np.trace(S))))
     rms_pos = math.sqrt(float(np.trace(P)))
     confidence = math.exp(-rms_rot_deg / CONF_ROT_DEG) * math.exp(-rms_pos / CONF_POS)

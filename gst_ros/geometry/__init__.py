@@ -8,9 +8,11 @@ to scale. Bad input raises GeometryError (a ValueError).
 """
 from .conventions import (
     BODY_FROM_OPTICAL,
+    SCENE_CENTER_REF,
     blender_from_w2c,
     camera_center,
     camera_to_parent_from_ros_pose,
+    center_facing_scene,
     colmap_from_w2c,
     invert_pose,
     look_at,
@@ -58,6 +60,7 @@ from .relative import closest_point_to_lines, normalize_scene, relative_pose
 from .rotations import geodesic_angle, so3_exp, so3_log
 
 __all__ = [
+    "SCENE_CENTER_REF", "center_facing_scene",
     "BODY_FROM_OPTICAL", "CameraFit", "GeometryError", "PLUCKER_CHANNELS", "PLUCKER_ORDER",
     "RotationSpread", "TranslationSpread", "accuracy_at", "blender_from_w2c", "camera_center",
     "camera_center_accuracy", "camera_center_errors", "camera_to_parent_from_ros_pose",

@@ -37,6 +37,24 @@ OPENCV_FROM_PYTORCH3D = np.diag([-1.0, -1.0, 1.0])
 BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
+# In a normalised scene (gst_ros.geometry.normalize_scene, mode "center") the reference camera is
+# at distance 1 from the scene centre and, when it looks at it, the centre lies on its optical
+# axis: (0, 0, 1) in the reference camera's optical frame.
+SCENE_CENTER_REF = np.array([0.0, 0.0, 1.0])
+
+
+def center_facing_scene(R_w2c, distance=1.0):
+    """Camera centre(s) (..., 3) in the reference frame (OpenCV axes, unit scene scale) of cameras
+    with rotation(s) R_w2c (..., 3, 3) whose optical axis passes through the scene centre
+    SCENE_CENTER_REF at `distance` from it: C = SCENE_CENTER_REF - distance * (third row of R_w2c,
+    the optical axis in the reference frame). The translation that a rotation alone implies for an
+    object-centric scene, where every camera looks at the scene centre. numpy or torch like R_w2c."""
+    axis = R_w2c[..., 2, :]
+    if isinstance(axis, torch.Tensor):
+        return torch.as_tensor(SCENE_CENTER_REF, dtype=axis.dtype, device=axis.device) - distance * axis
+    return SCENE_CENTER_REF - distance * np.asarray(axis, dtype=np.float64)
+
+
 def _transpose(x):
     return x.transpose(-1, -2) if isinstance(x, torch.Tensor) else np.swapaxes(x, -1, -2)
 

@@ -49,9 +49,11 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   it attend to. At inference it is also a read-out of its own: the engine's `pose_estimate`
   "head" (gst_ros.engine.generation.pose_readout) takes the rotation from it.
 - optional centre head (`center_head=True`, needs the pose head): the same kind of read-out of the
-  same states giving the target camera's centre in the observation's frame and a log-variance
-  per axis (`center_aux_weight`; trainable alone on a frozen model, `train_modules`). With both
-  heads the engine's "head" read-out is one forward pass: no camera tokens are sampled.
+  same states giving a correction to the camera centre that the pose head's rotation implies for
+  an object-centric scene (optical axis through the scene centre at distance 1; it starts at
+  zero) and a log-variance per axis (`center_aux_weight`; trainable alone on a frozen model,
+  `train_modules`). With both heads the engine's "head" read-out is one forward pass: no camera
+  tokens are sampled.
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -66,6 +68,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gst_ros.geometry.conventions import center_facing_scene
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.sequence import Layout, Vocabulary
 
 POSE_CELL_FEATURES = 16  # pose head: features per target-view cell before the flattened MLP
@@ -78,8 +82,11 @@ class PoseReadout(NamedTuple):
       the observation camera's frame (w2c convention, x_target = R x_observation + t, OpenCV
       axes). Trained by squared error, it estimates the conditional mean E[R | o, i]: its nearest
       rotation is the estimate and its singular values fall below 1 as the model grows unsure.
-    center: (B, 3) the centre head's target camera centre C in the observation camera's frame
-      (unit scene scale: the observation camera is 1 from the scene centre), or None without one.
+    center: (B, 3) the target camera centre C in the observation camera's frame (unit scene
+      scale: the observation camera is 1 from the scene centre), or None without a centre head:
+      the object-centric placement of the pose head's rotation (optical axis through the scene
+      centre at distance 1, gst_ros.geometry.center_facing_scene) plus the centre head's
+      correction.
     center_log_var: (B, 3) log-variances of that centre per axis, or None."""
 
     rotation: torch.Tensor
@@ -362,6 +369,9 @@ class GST(nn.Module):
         nn.init.zeros_(self.output.weight)
         if self.aligned_proj is not None:
             nn.init.zeros_(self.aligned_proj.weight)
+        if self.center_head is not None:  # starts at the object-centric placement, variance 1
+            nn.init.zeros_(self.center_head[-1].weight)
+            nn.init.zeros_(self.center_head[-1].bias)
         vocab = self.config.vocabulary
         with torch.no_grad():
             if self.image_code_proj is not None:
@@ -515,8 +525,9 @@ class GST(nn.Module):
         rotation = self.pose_head(target_view).float().view(-1, 3, 3)
         if self.center_head is None:
             return logits, PoseReadout(rotation)
-        center = self.center_head(target_view).float()
-        return logits, PoseReadout(rotation, center[:, :3], center[:, 3:])
+        out = self.center_head(target_view).float()
+        placement = center_facing_scene(rotation_from_covariance(rotation.detach()))
+        return logits, PoseReadout(rotation, placement + out[:, :3], out[:, 3:])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -75,6 +75,15 @@ def pose_errors(w2c_ref_gt: np.ndarray, w2c_gt: np.ndarray, w2c_est: np.ndarray)
     return rot, math.degrees(math.acos(cos))
 
 
+def baseline_deg(w2c_ref_gt: np.ndarray, w2c_gt: np.ndarray) -> float:
+    """Angle (deg) of the true rotation between the reference and the current frame (ground-truth
+    world-to-camera (4,4) each, OpenCV optical axes): how far the camera has turned, the
+    difficulty of the estimate."""
+    from gst_ros.geometry import relative_pose, rotation_error_deg
+
+    return float(rotation_error_deg(relative_pose(w2c_ref_gt, w2c_gt)[:3, :3], np.eye(3)))
+
+
 def summarize(rot_err, latency_s) -> dict:
     """Median / mean rotation error, accuracy at 15 and 30 deg, latency percentiles (ms)."""
     from gst_ros.geometry import accuracy_at
@@ -204,7 +213,7 @@ def run_demo(cfg: DemoConfig) -> int:
                             "pose_samples": cfg.samples, "candidate_count": cfg.candidates,
                             "candidate_period_s": 0.0, "reference_from_first_frame": False})
     sim = sim_parameters(cfg.rate_hz, cfg.size, cfg.size, cfg.seed)
-    rows, rot_errs, latencies = [], [], []
+    rows, rot_errs, latencies, baselines = [], [], [], []
     probe = _Probe(cfg.candidates)
     try:
         with Stack(node, sim, out, env) as stack:
@@ -236,13 +245,17 @@ def run_demo(cfg: DemoConfig) -> int:
                     done_idx += 1
                     rot, direction = pose_errors(probe.gt[ref_ns], probe.gt[ns], pose_to_w2c(msg.pose.pose))
                     latency = arrived - ns * 1e-9
+                    turned = baseline_deg(probe.gt[ref_ns], probe.gt[ns])
+                    baselines.append(turned)
                     rows.append({"frame": len(rows), "stamp_s": f"{ns * 1e-9:.3f}",
+                                 "baseline_deg": f"{turned:.3f}",
                                  "rot_err_deg": f"{rot:.3f}", "direction_err_deg": f"{direction:.3f}",
                                  "latency_ms": f"{latency * 1e3:.1f}"})
                     rot_errs.append(rot)
                     latencies.append(latency)
                     last_progress = time.monotonic()
-                    print(f"[demo] frame {len(rows):3d}/{cfg.frames}  rotation error {rot:7.2f} deg  "
+                    print(f"[demo] frame {len(rows):3d}/{cfg.frames}  turned {turned:6.1f} deg  "
+                          f"rotation error {rot:7.2f} deg  "
                           f"camera direction error {direction:7.2f} deg  latency {latency * 1e3:8.1f} ms",
                           flush=True)
             # candidate views were computed once, when the first frame became the reference
@@ -269,7 +282,9 @@ def run_demo(cfg: DemoConfig) -> int:
         print("[demo] no estimates", file=sys.stderr)
         return 1
     s = summarize(rot_errs, latencies)
-    text = (f"frames {s['frames']}: rotation error median {s['rot_err_median_deg']:.2f} deg, "
+    turned = f"turned {min(baselines):.0f}-{max(baselines):.0f} deg from the reference"
+    text = (f"frames {s['frames']} ({turned}): "
+            f"rotation error median {s['rot_err_median_deg']:.2f} deg, "
             f"mean {s['rot_err_mean_deg']:.2f} deg; accuracy @15 {100 * s['acc_at_15']:.1f}%, "
             f"@30 {100 * s['acc_at_30']:.1f}%; latency p50 {s['latency_p50_ms']:.0f} ms, "
             f"p90 {s['latency_p90_ms']:.0f} ms, max {s['latency_max_ms']:.0f} ms")
