@@ -64,6 +64,7 @@ def test_calibrate_writes_what_the_engine_reads(tmp_path):
                  "--write", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["pairs"] == 12 and result["scenes"] == "2:6"
+    assert (tmp_path / "calibration.png").stat().st_size > 1000
     fitted = result["fitted"]
     assert all(0 < fitted[k] < math.inf for k in ("rotation_var_scale", "center_var_scale"))
     assert result["with_fitted_calibration"]["rotation_nll"] <= result["uncalibrated"]["rotation_nll"] + 1e-9

@@ -26,7 +26,8 @@ head's rotation placed on its optical axis through the scene centre at distance 
 of a model with a pose head only), the mean NLL, and the coverage (share of pairs whose squared
 Mahalanobis error is within the chi-square(3) 68% / 95% quantiles, ideal 0.68 / 0.95), and the
 rank correlation between the predicted RMS rotation deviation and the actual rotation error (does
-a larger predicted uncertainty mean a larger error?). Writes them to --out (JSON) when given.
+a larger predicted uncertainty mean a larger error?). Writes them to --out (JSON) when given, with
+a reliability plot beside it (predicted RMS deviation against actual error, per pair).
 """
 from __future__ import annotations
 
@@ -162,6 +163,39 @@ def report(errs: dict, scales: dict) -> dict:
             "median_center_error_axis_placement": float(np.median(errs["placement_err"]))}
 
 
+def plot_reliability(errs: dict, scales: dict, path) -> Path:
+    """A figure a person can read: per pair, predicted RMS rotation deviation against the actual
+    rotation error (the diagonal is a perfectly sized prediction), and the predicted RMS centre
+    deviation against the actual centre error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rot_pred = errs["rms_rot_deg"] * math.sqrt(scales["rotation_var_scale"])
+    pos_pred = np.sqrt(np.trace(errs["pos_cov"], axis1=1, axis2=2) * scales["center_var_scale"])
+    panels = [(rot_pred, errs["angle_deg"], "rotation (deg)"),
+              (pos_pred, np.linalg.norm(errs["pos_err"], axis=1), "camera centre (scene units)")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, (pred, actual, what) in zip(axes, panels):
+        ax.scatter(pred, actual, s=4, alpha=0.3)
+        top = float(max(np.percentile(pred, 99), np.percentile(actual, 99)))
+        ax.plot([0, top], [0, top], color="k", lw=1, label="error = predicted RMS")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"predicted RMS deviation, {what}")
+        ax.set_ylabel(f"actual error, {what}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{len(actual)} held-out pairs", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.calibrate_pose", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,7 +206,8 @@ def main(argv=None) -> int:
                     help="fit the two factors and store them in <model>/gst/config.json")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--out", default=None,
+                    help="write the figures as JSON here, and a reliability plot beside it (.png)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device))
@@ -205,6 +240,9 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+        scales = result["fitted"] if args.write else stored
+        print(f"reliability plot: {plot_reliability(errs, scales, Path(args.out).with_suffix('.png'))}",
+              file=sys.stderr)
     return 0
 
 
