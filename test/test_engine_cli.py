@@ -65,6 +65,7 @@ def test_gst_pose_text_and_json(files, capsys):
     assert main(argv + ["--json", "--K", "60,60,39.5,29.5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["samples"]) == 3 and np.asarray(out["covariance"]).shape == (6, 6)
+    assert out["uncertainty_from"] == "samples" and "over 3 samples" in text
     c2o, w2c = np.asarray(out["camera_to_observation"]), np.asarray(out["w2c"])
     np.testing.assert_allclose(c2o @ w2c, np.eye(4), atol=1e-9)
     np.testing.assert_allclose(c2o[:3, 3], out["position"], atol=1e-12)

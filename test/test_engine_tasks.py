@@ -178,6 +178,7 @@ def test_pose_estimate_with_a_centre_head_samples_nothing(tmp_path, monkeypatch)
     np.testing.assert_allclose(np.linalg.inv(est.w2c)[:3, 3], readout.center[0].double().numpy(), atol=1e-6)
     np.testing.assert_allclose(est.covariance, cov, atol=1e-12)
     assert est.samples_w2c.shape == (1, 4, 4) and 0.0 <= est.confidence <= 1.0
+    assert est.uncertainty_from == "heads"
     assert np.all(np.linalg.eigvalsh(est.covariance) > 0)
     # a different target image moves the centre too
     other = engine.estimate_pose(image(seed=1), image(seed=7), K_WIDE, K_WIDE)

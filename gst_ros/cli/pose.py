@@ -7,7 +7,8 @@ Prints the target camera's pose in the observation camera's frame:
 - quaternion (x, y, z, w) and rotation matrix: the target camera's orientation in that frame
   (columns of the matrix = the target camera's x, y, z axes), i.e. the transform
   X_observation = R X_target + position (TF: parent = observation, child = target);
-- confidence in [0, 1] and the rotation spread of the sampled poses.
+- confidence in [0, 1] and the rotation spread of the sampled poses, or for a model with pose
+  and centre heads (the shipped one; nothing is sampled) the RMS rotation deviation they predict.
 `--json` prints the same plus the world-to-camera matrix w2c (= inverse of that transform), the
 6x6 covariance (ROS order x, y, z, rot_x, rot_y, rot_z) and every sample.
 
@@ -109,7 +110,9 @@ FRAME_NOTE = ("observation camera optical frame (OpenCV: x right, y down, z forw
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("observation", help="observation (reference) image file")
     parser.add_argument("target", help="target image file whose camera pose is estimated")
-    parser.add_argument("--samples", type=int, default=4, help="number of sampled poses averaged (>= 1)")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="number of sampled poses averaged (>= 1; a model with pose and centre heads "
+                             "samples none)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_engine_arguments(parser)
 
@@ -128,7 +131,8 @@ def run(args) -> int:
     rec = pose_record(est.w2c)
     if args.json:
         out = {"frame": FRAME_NOTE, **rec, "confidence": est.confidence,
-               "rotation_spread_deg": est.rotation_spread_deg, "covariance": est.covariance.tolist(),
+               "rotation_spread_deg": est.rotation_spread_deg, "uncertainty_from": est.uncertainty_from,
+               "covariance": est.covariance.tolist(),
                "samples": [pose_record(s) for s in est.samples_w2c], "latency_s": est.latency_s}
         print(json.dumps(out, indent=2))
         return 0
@@ -137,7 +141,10 @@ def run(args) -> int:
     print(f"position            {fmt(rec['position'])}")
     print(f"quaternion (xyzw)   {fmt(rec['quaternion_xyzw'])}")
     print("rotation            " + "\n                    ".join(fmt(r) for r in rec["rotation"]))
-    print(f"confidence          {est.confidence:.3f}  (rotation spread {est.rotation_spread_deg:.2f} deg "
-          f"over {len(est.samples_w2c)} samples)")
+    if est.uncertainty_from == "heads":
+        spread = f"predicted RMS rotation deviation {est.rotation_spread_deg:.2f} deg, from the model's heads"
+    else:
+        spread = f"rotation spread {est.rotation_spread_deg:.2f} deg over {len(est.samples_w2c)} samples"
+    print(f"confidence          {est.confidence:.3f}  ({spread})")
     print(f"latency             {est.latency_s:.2f} s")
     return 0

@@ -130,9 +130,12 @@ class PoseEstimate:
     samples_w2c: np.ndarray    # (S,4,4) every sampled pose (same convention)
     covariance: np.ndarray     # (6,6) pose covariance in the reference frame, ROS order
                                # [x, y, z, rot_x, rot_y, rot_z] (rad, fixed-axis tangent space)
-    confidence: float          # in [0, 1], from the agreement of the samples (0 with one sample)
-    rotation_spread_deg: float # mean geodesic deviation of the samples from the mean rotation
+    confidence: float          # in [0, 1], from the agreement of the samples (0 with one sample),
+                               # or from the heads' predicted spread (uncertainty_from "heads")
+    rotation_spread_deg: float # mean geodesic deviation of the samples from the mean rotation, or
+                               # the heads' predicted RMS rotation deviation
     latency_s: float
+    uncertainty_from: str = "samples"  # "samples" (their spread) or "heads" (head_pose_estimate)
 
     def camera_to_reference(self) -> np.ndarray:
         """(4,4) = inv(w2c): the camera's pose in the reference (observation) frame, i.e. the TF
@@ -491,7 +494,8 @@ class GSTEngine:
                                                   self.image_tokens(tgt_sq))
             w2c, cov, conf, spread = head_pose_estimate(readout, **self.pose_calibration)
             return PoseEstimate(w2c=w2c, samples_w2c=w2c[None], covariance=cov, confidence=conf,
-                                rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
+                                rotation_spread_deg=spread, latency_s=time.perf_counter() - t0,
+                                uncertainty_from="heads")
         with self._autocast():
             obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
             codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
