@@ -426,3 +426,35 @@ def test_degenerate_sampled_rays_are_dropped_not_fatal(engine, monkeypatch):
     monkeypatch.setattr(type(tok), "decode", broken)
     with pytest.raises(RuntimeError, match="degenerate"):
         engine.estimate_pose(image(seed=1), image(seed=2), samples=2, seed=0)
+
+
+def test_symmetric_head_read_out_is_consistent_both_ways(tmp_path):
+    """pose_symmetric averages the forward estimate with the swapped pair's inverse: reading
+    (o, i) gives exactly the transpose of reading (i, o), the average of the two one-way
+    matrices; its centre is the averaged rotation's object-centric placement plus the forward
+    correction; pose_symmetric=False is the one-way read-out."""
+    from gst_ros.engine.generation import pose_readout
+    from gst_ros.geometry import center_facing_scene
+
+    model_dir = make_tiny_model(tmp_path, seed=2, name="sym", pose_head=True, center_head=True)
+    engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    torch.nn.init.normal_(engine.model.center_head[-1].weight, std=0.02)  # a non-zero correction
+    rng = torch.Generator().manual_seed(0)
+    o = torch.randint(0, TINY_IMAGE.codebook_size, (3, TINY_IMAGE.token_grid ** 2), generator=rng)
+    i = torch.randint(0, TINY_IMAGE.codebook_size, (3, TINY_IMAGE.token_grid ** 2), generator=rng)
+    ab = pose_readout(engine.model, o, i, symmetric=True)
+    ba = pose_readout(engine.model, i, o, symmetric=True)
+    torch.testing.assert_close(ab.rotation, ba.rotation.transpose(1, 2))
+    fwd, back = pose_readout(engine.model, o, i), pose_readout(engine.model, i, o)
+    torch.testing.assert_close(ab.rotation, 0.5 * (fwd.rotation + back.rotation.transpose(1, 2)))
+    assert not torch.allclose(ab.rotation, fwd.rotation)
+    correction = fwd.center - center_facing_scene(rotation_from_covariance(fwd.rotation))
+    assert float(correction.abs().max()) > 1e-4
+    placement = center_facing_scene(rotation_from_covariance(ab.rotation))
+    torch.testing.assert_close(ab.center, placement + correction)
+    torch.testing.assert_close(ab.center_log_var, fwd.center_log_var)
+    one_way = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
+    one_way.model.load_state_dict(engine.model.state_dict())
+    a = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE)
+    b = one_way.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE)
+    assert not np.allclose(a.w2c[:3, :3], b.w2c[:3, :3], atol=1e-6)

@@ -99,7 +99,7 @@ def head_errors(engine: GSTEngine, data: TokenShardDataset, indices, batch: int 
     for start in tqdm(range(0, len(indices), batch), desc="calibrate", disable=not progress):
         items = collate([data[i] for i in indices[start:start + batch]])
         readout = pose_readout(engine.model, items["observation"].to(engine.device),
-                               items["image"].to(engine.device))
+                               items["image"].to(engine.device), engine.config.pose_symmetric)
         for j in range(len(items["observation"])):
             one_readout = PoseReadout(*(t[j:j + 1] for t in readout))
             w2c, cov, _, rms = head_pose_estimate(one_readout, **one)
@@ -205,12 +205,15 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true",
                     help="fit the two factors and store them in <model>/gst/config.json")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--one-way", action="store_true",
+                    help="read each pair one way only (EngineConfig.pose_symmetric=False)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None,
                     help="write the figures as JSON here, and a reliability plot beside it (.png)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device))
+    engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device,
+                                    pose_symmetric=not args.one_way))
     data = TokenShardDataset(args.shards)
     try:
         scenes = parse_scene_range(args.scenes, len(data.scenes))

@@ -169,6 +169,8 @@ class EngineConfig:
                                        # rotation read by the model's pose head (models trained with
                                        # one); "auto" = "head" when the model has a pose head, else
                                        # "mean"
+    pose_symmetric: bool = True        # head read-outs: also read the swapped pair (target as the
+                                       # observation) and average the two rotation estimates
 
     def __post_init__(self):
         if self.pose_estimate not in POSE_ESTIMATES:
@@ -467,17 +469,19 @@ class GSTEngine:
 
         The read-out `estimate` (None = EngineConfig.pose_estimate; "auto" as there):
         - "head" with a model that has pose and centre heads: one forward pass over [o, <EST>, i]
-          (generation.pose_readout), no sampling: the pose head's rotation, the centre head's
-          camera centre, the covariance and confidence the heads predict (head_pose_estimate,
-          scaled by the model's calibration); `samples` is not used and samples_w2c holds the
-          one estimate.
+          (generation.pose_readout; with EngineConfig.pose_symmetric, the default, batched with
+          the swapped pair [i, <EST>, o] whose inverse rotation is averaged in), no sampling:
+          the pose head's rotation, the centre head's camera centre, the covariance and
+          confidence the heads predict (head_pose_estimate, scaled by the model's calibration);
+          `samples` is not used and samples_w2c holds the one estimate.
         Otherwise `samples` camera-token grids are sampled from p(c | target, observation)
         ([o, <EST>, i] -> c) and decoded to Plücker maps and cameras (with K_target when known,
         else the homography route that also estimates the focal length); covariance and
         confidence come from their spread, and the pose is
         - "mean": the average of the samples (aggregate_pose_samples);
         - "mode": the sample of highest log p(c | i, o);
-        - "head" (a pose head without a centre head): the pose head's rotation, with the camera
+        - "head" (a pose head without a centre head): the pose head's rotation (symmetric as
+          above when EngineConfig.pose_symmetric), with the camera
           placed on its optical axis through the scene centre at the samples' median distance
           from it (pose_facing_scene_center).
         K_obs / K_target: intrinsics of the images as given, or None. A sample whose decoded rays
@@ -491,7 +495,7 @@ class GSTEngine:
         if estimate == "head" and self.model.center_head is not None:
             with self._autocast():
                 readout = generation.pose_readout(self.model, self.image_tokens(obs_sq),
-                                                  self.image_tokens(tgt_sq))
+                                                  self.image_tokens(tgt_sq), self.config.pose_symmetric)
             w2c, cov, conf, spread = head_pose_estimate(readout, **self.pose_calibration)
             return PoseEstimate(w2c=w2c, samples_w2c=w2c[None], covariance=cov, confidence=conf,
                                 rotation_spread_deg=spread, latency_s=time.perf_counter() - t0,
@@ -509,7 +513,7 @@ class GSTEngine:
             w2c = samples_w2c[int(torch.argmax(loglik[kept].float()))]
         elif estimate == "head":
             with self._autocast():
-                M = generation.pose_readout(self.model, obs_tok, tgt_tok).rotation
+                M = generation.pose_readout(self.model, obs_tok, tgt_tok, self.config.pose_symmetric).rotation
             R = rotation_from_covariance(M.double())[0].numpy()
             distance = float(np.median(np.linalg.norm(invert_pose(samples_w2c)[:, :3, 3] - SCENE_CENTER_REF,
                                                       axis=1)))

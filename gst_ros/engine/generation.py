@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gst_ros.geometry.conventions import center_facing_scene
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.sequence import TASK_EST, TASK_GEN, build_prefix, null_condition
 from gst_ros.models.transformer import GST, PoseReadout
 
@@ -181,18 +183,36 @@ def estimate_pose(model: GST, observation: torch.Tensor, image: torch.Tensor,
     return vocab.ids_to_camera(ids)
 
 
-def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor) -> PoseReadout:
+def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
+                 symmetric: bool = False) -> PoseReadout:
     """The read-out heads' outputs (PoseReadout, fp32 on the CPU) for one teacher-forced pass over
     [o, <EST>, i]: the pose head's unconstrained 3x3 estimate of the target camera's rotation in
     the observation's camera frame (w2c convention, x_target = R x_observation + t, OpenCV axes;
     its nearest rotation, gst_ros.geometry.rotations.rotation_from_covariance, is the estimate)
     and, for a model with a centre head, the target camera's centre in that frame (unit scene
     scale) with its log-variances. Deterministic: no sampling. observation, image: (B, n) image
-    codes. ValueError for a model without a pose head."""
+    codes. ValueError for a model without a pose head.
+
+    symmetric: also read the swapped pair [i, <EST>, o] in the same batch, which estimates the
+    inverse rotation, and average the two estimates of E[R]: rotation = (M + M_swapped^T) / 2
+    (where the two disagree, the average shrinks, so the predicted spread grows). The centre
+    keeps the forward pass's correction on the object-centric placement of the averaged
+    rotation (gst_ros.geometry.center_facing_scene) and its log-variances."""
     if model.pose_head is None:
         raise ValueError("this GST has no pose head (GSTConfig.pose_head=False): read the pose from "
                          "sampled camera tokens instead")
     vocab, layout = model.config.vocabulary, model.config.layout
+    if symmetric:
+        both = pose_readout(model, torch.cat([observation, image]), torch.cat([image, observation]))
+        b = observation.shape[0]
+        forward, swapped = (PoseReadout(*(None if t is None else t[sl] for t in both))
+                            for sl in (slice(0, b), slice(b, None)))
+        rotation = 0.5 * (forward.rotation + swapped.rotation.transpose(1, 2))
+        if forward.center is None:
+            return PoseReadout(rotation)
+        correction = forward.center - center_facing_scene(rotation_from_covariance(forward.rotation))
+        return PoseReadout(rotation, center_facing_scene(rotation_from_covariance(rotation)) + correction,
+                           forward.center_log_var)
     prefix = build_prefix(vocab, layout, observation, TASK_EST, given=image)
     was_training = model.training
     model.eval()
