@@ -73,6 +73,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-estimate", choices=("auto", "mean", "mode", "head"), default="auto",
                         help="mean of the sampled poses, the most likely sample (mode), the pose head's "
                              "rotation (head), or auto: head when the model has one, else mean")
+    parser.add_argument("--one-way", action="store_true",
+                        help="head read-outs: read the pair one way only (EngineConfig.pose_symmetric off)")
 
 
 def engine_from_args(args):
@@ -81,7 +83,7 @@ def engine_from_args(args):
 
     kw = dict(device=args.device, tokenizer_backend=args.backend, seed=args.seed,
               temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale,
-              pose_estimate=args.pose_estimate)
+              pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way)
     if args.model:
         kw["model_dir"] = args.model
     if args.fov_deg is not None:

@@ -278,7 +278,8 @@ class GSTNode(LifecycleNode):
                            temperature=float(self.p("temperature")), top_k=int(self.p("top_k")),
                            top_p=float(self.p("top_p")), cfg_scale=float(self.p("cfg_scale")),
                            default_fov_deg=float(self.p("default_fov_deg")), seed=int(self.p("seed")),
-                           pose_estimate=str(self.p("pose_estimate")))
+                           pose_estimate=str(self.p("pose_estimate")),
+                           pose_symmetric=bool(self.p("pose_symmetric")))
         self.model_dir = cfg.model_dir
         return GSTEngine(cfg)
 

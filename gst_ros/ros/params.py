@@ -38,6 +38,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("pose_estimate", "auto", "pose from the model: auto (the pose head when the model has one, else "
           "mean), mean (average of the sampled camera tokens), mode (the most likely sample) or head "
           "(the pose head's rotation)"),
+    Param("pose_symmetric", True, "head read-outs: also read the pair swapped and average the two rotation "
+          "estimates (one batch of two)"),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
