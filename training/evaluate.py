@@ -8,7 +8,9 @@ Per scene, N views are taken (view 0 is the observation). Every method predicts 
 views 1..N-1 relative to view 0 (view 0 = identity, OpenCV axes):
 - gst: engine.estimate_pose(observation, view j) (camera tokens sampled, averaged);
 - gst-head: the same call with estimate="head": the rotation read by the model's pose head from the
-  same [o, <EST>, i] pass (models trained with one; left out by default for models without);
+  same [o, <EST>, i] pass, also read swapped and averaged unless --one-way, the centre from its
+  centre head when it has one (models trained with a pose head; left out by default for models
+  without);
 - gst-prior: engine.prior_pose(observation) (camera tokens sampled from p(c | o), the target image
   unseen): the model's own pose prior; gst minus gst-prior is what the target image is worth;
 - opencv: SIFT/ORB + essential matrix (MAGSAC++) + recoverPose (training/baselines.py);
@@ -329,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated pose methods among {','.join(POSE_METHODS)} (default: all; "
                          f"gst-head only for a model with a pose head)")
+    ap.add_argument("--one-way", action="store_true",
+                    help="gst-head: read each pair one way only (EngineConfig.pose_symmetric off)")
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
     ap.add_argument("--device", default="auto")
@@ -344,7 +348,8 @@ def main(argv=None) -> int:
         from gst_ros.engine.engine import EngineConfig, GSTEngine
 
         engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
-                                        pose_estimate=args.pose_estimate, temperature=args.temperature,
+                                        pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
+                                        temperature=args.temperature,
                                         top_k=args.top_k))
     scenes = []
     for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
