@@ -9,7 +9,7 @@ from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
 
 from gst_ros.engine.engine import EngineConfig, GSTEngine
 from training.calibrate_pose import coverage, fit_scale, main, parse_scene_range, rank_correlation
-from training.token_shards import ShardWriter
+from training.token_shards import ShardWriter, TokenShardDataset
 
 
 def test_fit_scale_recovers_a_known_factor():
@@ -59,6 +59,8 @@ def test_calibrate_writes_what_the_engine_reads(tmp_path):
                 rel[i, :3, 3] = rng.normal(0, 0.5, 3)
             cams = rng.integers(0, TINY_CAMERA.codebook_size, (3, n))
             w.add_scene(f"s{s}", "toy", views, pairs, cams, rel, np.tile(np.eye(3), (3, 1, 1)))
+    shards = TokenShardDataset(tmp_path / "shards")
+    assert list(shards.pair_scenes()) == [shards[i]["scene"] for i in range(len(shards))]
     out = tmp_path / "calibration.json"
     assert main(["--model", str(model_dir), "--shards", str(tmp_path / "shards"), "--scenes", "2:",
                  "--write", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from training import train_gst
 from training.evaluate import markdown_table
-from training.logging_utils import CSVLogger
+from training.logging_utils import CSVLogger, pyplot, save_figure
 
 OBJECTIVES = ("joint", "alternating")
 
@@ -44,11 +44,7 @@ def read_curve(log_path) -> dict[str, list[float]]:
 
 def plot_curves(curves: dict[str, dict], path) -> Path:
     """curves.png: loss, gradient norm and held-out NLLs against step for each objective."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [("loss", "training loss"), ("grad_norm", "gradient norm (before clipping)"),
               ("val_nll_image", "held-out NLL p(i|c,o)"), ("val_nll_camera", "held-out NLL p(c|i,o)"),
               ("val_camera_gain_image", "what the target image is worth to p(c|i,o)")]
@@ -62,12 +58,7 @@ def plot_curves(curves: dict[str, dict], path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_ablation(cfg: train_gst.TrainConfig, out, eval_scenes=None, eval_samples: int = 2,

@@ -54,6 +54,7 @@ from gst_ros.engine.generation import pose_readout
 from gst_ros.geometry import invert_pose, so3_log
 from gst_ros.geometry.conventions import camera_center
 from gst_ros.models.transformer import PoseReadout
+from training.logging_utils import pyplot, save_figure
 from training.token_shards import TokenShardDataset, collate
 
 CHI2_3 = {0.68: 3.5059, 0.95: 7.8147}  # chi-square quantiles, 3 degrees of freedom
@@ -167,11 +168,7 @@ def plot_reliability(errs: dict, scales: dict, path) -> Path:
     """A figure a person can read: per pair, predicted RMS rotation deviation against the actual
     rotation error (the diagonal is a perfectly sized prediction), and the predicted RMS centre
     deviation against the actual centre error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rot_pred = errs["rms_rot_deg"] * math.sqrt(scales["rotation_var_scale"])
     pos_pred = np.sqrt(np.trace(errs["pos_cov"], axis1=1, axis2=2) * scales["center_var_scale"])
     panels = [(rot_pred, errs["angle_deg"], "rotation (deg)"),
@@ -188,12 +185,7 @@ def plot_reliability(errs: dict, scales: dict, path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{len(actual)} held-out pairs", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -219,7 +211,7 @@ def main(argv=None) -> int:
         scenes = parse_scene_range(args.scenes, len(data.scenes))
     except ValueError as e:
         ap.error(str(e))
-    pair_scene = np.array([data[i]["scene"] for i in range(len(data))])
+    pair_scene = data.pair_scenes()
     indices = np.flatnonzero((pair_scene >= scenes.start) & (pair_scene < scenes.stop))
     errs = head_errors(engine, data, indices, args.batch, progress=not args.no_progress)
     stored = dict(engine.pose_calibration)

@@ -85,3 +85,26 @@ def save_image_grid(images, path, ncols: int = 8, pad: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on the build machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out a matplotlib figure, write it to `path` (PNG at 110 dpi, parent folders made) and
+    close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -273,6 +273,14 @@ class TokenShardDataset(torch.utils.data.Dataset):
             self._maps[index] = maps
         return self._maps[index]
 
+    def pair_scenes(self) -> np.ndarray:
+        """(P,) int64 scene index (into manifest["scenes"]) of every pair, in pair order, read from
+        the shards' small pair_scene arrays without loading any tokens."""
+        if not self.manifest["shards"]:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.asarray(self._shard(s["index"])["pair_scene"], dtype=np.int64)
+                               for s in self.manifest["shards"]])
+
     def locate(self, i: int) -> tuple[int, int]:
         """(shard, row) of pair i."""
         if not 0 <= i < len(self):

@@ -83,10 +83,10 @@ class PoseReadout(NamedTuple):
       axes). Trained by squared error, it estimates the conditional mean E[R | o, i]: its nearest
       rotation is the estimate and its singular values fall below 1 as the model grows unsure.
     center: (B, 3) the target camera centre C in the observation camera's frame (unit scene
-      scale: the observation camera is 1 from the scene centre), or None without a centre head:
-      the object-centric placement of the pose head's rotation (optical axis through the scene
-      centre at distance 1, gst_ros.geometry.center_facing_scene) plus the centre head's
-      correction.
+      scale: the observation camera is 1 from the scene centre): the object-centric placement of
+      the pose head's rotation (optical axis through the scene centre at distance 1,
+      gst_ros.geometry.center_facing_scene) plus the centre head's correction; None without a
+      centre head.
     center_log_var: (B, 3) log-variances of that centre per axis, or None."""
 
     rotation: torch.Tensor
