@@ -80,7 +80,9 @@ def main(argv=None) -> int:
     tasks = {
         f"estimate_pose ({label})": lambda: engine.estimate_pose(obs, tgt, K, K, samples=args.samples),
         f"estimate_pose ({label}, K unknown)": lambda: engine.estimate_pose(obs, tgt, samples=args.samples),
-        "predict_view": lambda: engine.predict_view(obs, w2c, K_obs=K),
+        f"predict_view (mean of {engine.config.view_samples})": (
+            lambda: engine.predict_view(obs, w2c, K_obs=K)),
+        "predict_view (one sample)": lambda: engine.predict_view(obs, w2c, K_obs=K, samples=1),
         f"propose_views (n={args.proposals})": lambda: engine.propose_views(obs, n=args.proposals, K_obs=K),
         "unconditional_view": lambda: engine.unconditional_view(obs, K_obs=K),
     }

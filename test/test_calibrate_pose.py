@@ -62,8 +62,10 @@ def test_calibrate_writes_what_the_engine_reads(tmp_path):
     shards = TokenShardDataset(tmp_path / "shards")
     assert list(shards.pair_scenes()) == [shards[i]["scene"] for i in range(len(shards))]
     out = tmp_path / "calibration.json"
+    with pytest.raises(SystemExit):  # token pairs cannot be mirrored: the default read-out needs images
+        main(["--model", str(model_dir), "--shards", str(tmp_path / "shards"), "--device", "cpu"])
     assert main(["--model", str(model_dir), "--shards", str(tmp_path / "shards"), "--scenes", "2:",
-                 "--write", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+                 "--no-mirror", "--write", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["pairs"] == 12 and result["scenes"] == "2:6"
     assert (tmp_path / "calibration.png").stat().st_size > 1000
@@ -71,10 +73,49 @@ def test_calibrate_writes_what_the_engine_reads(tmp_path):
     assert all(0 < fitted[k] < math.inf for k in ("rotation_var_scale", "center_var_scale"))
     assert result["with_fitted_calibration"]["rotation_nll"] <= result["uncalibrated"]["rotation_nll"] + 1e-9
     meta = json.loads((model_dir / "gst" / "config.json").read_text())
-    assert meta["pose_calibration"]["pairs"] == 12
+    assert meta["pose_calibration"]["pairs"] == 12 and meta["pose_calibration"]["pose_mirror"] is False
     engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
     assert engine.pose_calibration == pytest.approx(fitted)
     plain = make_tiny_model(tmp_path, seed=3, name="plain", pose_head=True)
     with pytest.raises(ValueError, match="no centre head"):
         main(["--model", str(plain), "--shards", str(tmp_path / "shards"), "--device", "cpu",
-              "--no-progress"])
+              "--no-progress", "--no-mirror"])
+
+
+def test_calibrate_from_images_through_the_engine(tmp_path):
+    """--root reads every ordered pair of each scene's views through GSTEngine.estimate_pose (the
+    mirrored read-out included); its errors are those of the engine's estimates against the true
+    relative cameras, and --write stores factors fitted for that read-out."""
+    pytest.importorskip("pybullet")
+    from gst_ros.cli import main as gst_main
+    from gst_ros.geometry import relative_rotation_errors
+    from training.calibrate_pose import image_errors
+    from training.datasets import build_dataset
+    from training.evaluate import normalized_cameras, scenes_from_reader
+
+    data = tmp_path / "data"
+    assert gst_main(["render", "--out", str(data), "--scenes", "3", "--views", "3", "--size", "64",
+                     "--objects", "mixed", "--test-object-fraction", "0", "--test-view-fraction", "0",
+                     "--seed", "1", "--quiet"]) == 0
+    model_dir = make_tiny_model(tmp_path, seed=4, name="centre", pose_head=True, center_head=True)
+    engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    scenes = scenes_from_reader(build_dataset("synthetic", data, "train"), "train", 3, 2, first=1)
+    assert len(scenes) == 2
+    errs = image_errors(engine, scenes, progress=False)
+    assert errs["angle_deg"].shape == (12,) and errs["rot_cov"].shape == (12, 3, 3)
+    # the errors are the engine's own: pair (0, 1) of the first scene
+    scene = scenes[0]
+    est = engine.estimate_pose(scene.images[0], scene.images[1], scene.K[0], scene.K[1])
+    gt = normalized_cameras(np.asarray(scene.w2c, dtype=np.float64))
+    want = relative_rotation_errors(np.stack([np.eye(3), est.w2c[:3, :3]]), gt[:2, :3, :3])[0]
+    assert errs["angle_deg"][0] == pytest.approx(want, abs=1e-3)
+    assert engine.pose_calibration == {"rotation_var_scale": 1.0, "center_var_scale": 1.0}  # restored
+    out = tmp_path / "images.json"
+    assert main(["--model", str(model_dir), "--root", str(data), "--split", "train", "--scenes", "1:3",
+                 "--write", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 12 and result["read_out"] == {"pose_symmetric": True, "pose_mirror": True}
+    meta = json.loads((model_dir / "gst" / "config.json").read_text())["pose_calibration"]
+    assert meta["split"] == "train" and meta["pose_mirror"] is True
+    assert GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu")).pose_calibration == \
+        pytest.approx(result["fitted"])

@@ -167,7 +167,7 @@ def test_pose_estimate_with_a_centre_head_samples_nothing(tmp_path, monkeypatch)
     calibration written in the transformer's config.json, and a bad calibration value is a
     ModelFormatError that names it."""
     model_dir = make_tiny_model(tmp_path, seed=1, name="with_centre", pose_head=True, center_head=True)
-    seen = spy_on(monkeypatch, "pose_readout")
+    seen = spy_on(monkeypatch, "mirror_averaged_readout")  # the default read-out: both ways and mirrored
     sampled = spy_on(monkeypatch, "estimate_pose")
     engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
     est = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE, samples=4, seed=5)
@@ -239,6 +239,42 @@ def test_predict_view_shapes_and_conventions(engine):
     assert view.K[0, 0] == pytest.approx(40.0 * s / 48)
 
 
+def test_expected_view_is_the_pixel_mean_and_spread_of_its_samples(engine):
+    obs = image(seed=1)
+    singles = engine.predict_view(obs, TARGET_W2C, K_obs=K_WIDE, seed=5, samples=1)
+    assert singles.spread is None and singles.samples == 1
+    view = engine.predict_view(obs, TARGET_W2C, K_obs=K_WIDE, seed=5, samples=3)
+    assert view.samples == 3 and view.spread.shape == view.image.shape[:2] and view.spread.dtype == np.float32
+    # the same three draws, one at a time from the same generator state, are what it averages
+    import torch
+
+    gen = torch.Generator().manual_seed(5)
+    obs_sq, K_sq = engine.prepare(obs, K_WIDE)
+    from gst_ros.engine import generation
+
+    codes = generation.novel_view(engine.model, engine.image_tokens(obs_sq).expand(3, -1),
+                                  engine.camera_tokens(K_sq, TARGET_W2C).expand(3, -1), engine.sampling, gen)
+    draws = engine._images(codes).astype(np.float64)
+    np.testing.assert_array_equal(view.image, np.clip(np.rint(draws.mean(0)), 0, 255).astype(np.uint8))
+    np.testing.assert_allclose(view.spread, draws.std(0).mean(-1), atol=1e-3)
+    assert view.spread.max() > 0  # a random tiny model's draws differ
+    assert engine.config.view_samples == 4
+    assert engine.predict_view(obs, TARGET_W2C, seed=5).samples == 4
+
+
+def test_expected_view_of_identical_samples_is_that_sample():
+    from gst_ros.engine.engine import expected_view
+
+    v = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mean, spread = expected_view(np.stack([v, v, v]))
+    np.testing.assert_array_equal(mean, v)
+    assert not spread.any()
+    mean, spread = expected_view(np.stack([np.zeros_like(v), np.full_like(v, 200)]))
+    assert (mean == 100).all() and np.allclose(spread, 100.0)
+    with pytest.raises(ValueError, match="views"):
+        expected_view(np.zeros((8, 8, 3), np.uint8))
+
+
 def test_predict_view_uses_the_requested_pose(engine, monkeypatch):
     """The camera tokens fed to the transformer are those of the target camera's Plücker map
     at the camera-map resolution (K scaled from the model image size to the map size)."""
@@ -257,7 +293,7 @@ def test_predict_view_uses_the_requested_pose(engine, monkeypatch):
     m = TINY_CAMERA.resolution
     K_map = crop_resize_intrinsics(K_sq, (0, 0, engine.image_size, engine.image_size), (m, m))
     want = engine.camera_tokenizer.encode_maps(plucker_map(K_map, TARGET_W2C, m, m))
-    torch.testing.assert_close(seen["cam"].cpu(), want.reshape(1, -1))
+    torch.testing.assert_close(seen["cam"].cpu(), want.reshape(1, -1).expand(4, -1))  # one row per sample
 
 
 def test_propose_and_unconditional_views(engine):
@@ -458,3 +494,58 @@ def test_symmetric_head_read_out_is_consistent_both_ways(tmp_path):
     a = engine.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE)
     b = one_way.estimate_pose(image(seed=1), image(seed=2), K_WIDE, K_WIDE)
     assert not np.allclose(a.w2c[:3, :3], b.w2c[:3, :3], atol=1e-6)
+
+
+def test_mirror_read_out_maps_the_mirrored_pair_back(tmp_path, monkeypatch):
+    """pose_mirror averages the read-out with that of the pair flipped left-right, mapped back by
+    F = diag(-1, 1, 1): rotation F M F, centre F C. Reading a pair and its mirror image gives
+    mirror images of each other's estimate; the engine flips both images it was given."""
+    from gst_ros.engine import generation
+    from gst_ros.engine.generation import mirror_averaged_readout, mirror_readout, pose_readout
+    from gst_ros.geometry import center_facing_scene
+
+    F = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+    model_dir = make_tiny_model(tmp_path, seed=3, name="mir", pose_head=True, center_head=True)
+    engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
+    torch.nn.init.normal_(engine.model.center_head[-1].weight, std=0.02)
+    rng = torch.Generator().manual_seed(1)
+    codes = [torch.randint(0, TINY_IMAGE.codebook_size, (2, TINY_IMAGE.token_grid ** 2), generator=rng)
+             for _ in range(4)]
+    o, i, om, im = codes
+    direct, mirrored = pose_readout(engine.model, o, i), pose_readout(engine.model, om, im)
+    back = mirror_readout(mirrored)
+    torch.testing.assert_close(back.rotation, F @ mirrored.rotation @ F)
+    torch.testing.assert_close(back.center, mirrored.center @ F)
+    torch.testing.assert_close(mirror_readout(back).rotation, mirrored.rotation)  # F is its own inverse
+    avg = mirror_averaged_readout(engine.model, o, i, om, im)
+    torch.testing.assert_close(avg.rotation, 0.5 * (direct.rotation + back.rotation))
+    corr = [r.center - center_facing_scene(rotation_from_covariance(r.rotation)) for r in (direct, back)]
+    torch.testing.assert_close(avg.center, center_facing_scene(rotation_from_covariance(avg.rotation))
+                               + 0.5 * (corr[0] + corr[1]))
+    torch.testing.assert_close(avg.center_log_var.exp(),
+                               0.5 * (direct.center_log_var.exp() + mirrored.center_log_var.exp()))
+    # swapping the roles of the pair and its mirror image gives the mirror image of the estimate
+    swapped = mirror_averaged_readout(engine.model, om, im, o, i)
+    torch.testing.assert_close(swapped.rotation, F @ avg.rotation @ F)
+    torch.testing.assert_close(swapped.center, avg.center @ F)
+
+    # the engine feeds the codes of both images, then of both flipped left-right
+    seen = {}
+    real = generation.mirror_averaged_readout
+
+    def spy(model, *codes_in, **kw):
+        seen["codes"] = codes_in
+        return real(model, *codes_in, **kw)
+
+    monkeypatch.setattr(generation, "mirror_averaged_readout", spy)
+    obs, tgt = image(seed=1), image(seed=2)
+    est = engine.estimate_pose(obs, tgt, K_WIDE, K_WIDE)
+    obs_sq, _ = engine.prepare(obs, K_WIDE)
+    tgt_sq, _ = engine.prepare(tgt, K_WIDE)
+    for got, img in zip(seen["codes"], (obs_sq, tgt_sq, obs_sq[:, ::-1], tgt_sq[:, ::-1])):
+        torch.testing.assert_close(got, engine.image_tokens(np.ascontiguousarray(img)))
+    no_mirror = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False,
+                                       pose_mirror=False))
+    no_mirror.model.load_state_dict(engine.model.state_dict())
+    plain = no_mirror.estimate_pose(obs, tgt, K_WIDE, K_WIDE)
+    assert not np.allclose(est.w2c[:3, :3], plain.w2c[:3, :3], atol=1e-6)

@@ -34,13 +34,18 @@ def test_quick_pipeline_end_to_end(quick):
         gst = rows[("gst", group)]
         assert gst["pairs"] == 6 and 0.0 <= gst["RRA@15"] <= gst["RRA@30"] <= 1.0
         assert math.isfinite(gst["PSNR"]) and -1 <= gst["SSIM"] <= 1
+        mean4 = rows[("gst, mean of 4", group)]  # the expected view: an NVS-only row
+        assert math.isfinite(mean4["PSNR"]) and mean4["pairs"] == 0
         # identity's error is each pair's angular baseline: it scores only pairs closer than 15 degrees
         ident = [r for r in csv.DictReader(open(out / "eval" / "per_pair.csv")) if r["method"] == "identity"]
         for r in ident:
             assert float(r["rot_err_deg"]) == pytest.approx(float(r["baseline_deg"]), abs=1e-4)
     md = (out / "eval" / "results.md").read_text()
     assert "| gst | seen |" in md and "| chance | unseen |" in md
-    assert (out / "eval" / "grids" / "nvs_observation_truth_prediction.png").is_file()
+    grid = (out / "eval" / "grids" / "nvs_observation_truth_prediction.png")
+    import cv2
+
+    assert cv2.imread(str(grid)).shape[1] == 4 * 32 + 5 * 2  # observation | truth | 1 sample | mean of 4
     assert (out / "gst" / "train_log.csv").is_file() and (out / "data" / "preview.png").is_file()
     # a re-run skips every finished stage and reproduces the table
     again = pipeline.run_pipeline(out, pipeline.QUICK, seed=0, progress=False)

@@ -71,6 +71,7 @@ def running(model_dir, tmp_path_factory):
             "markers": probe.record(MarkerArray, "gst/markers"),
             "goal_image": probe.record(Image, "gst/goal_view/image"),
             "goal_info": probe.record(CameraInfo, "gst/goal_view/camera_info"),
+            "goal_spread": probe.record(Image, "gst/goal_view/spread"),
             "diag": probe.record(DiagnosticArray, "/diagnostics"),
         }
         pubs = {
@@ -191,10 +192,15 @@ def test_goal_pose_gets_predicted_view(running):
     goal.pose.position.x, goal.pose.position.z = 0.6, -0.4
     goal.pose.orientation.y, goal.pose.orientation.w = math.sin(0.15), math.cos(0.15)
     pubs["goal"].publish(goal)
-    probe.spin_until(lambda: rec["goal_image"] and rec["goal_info"] and _transforms(rec["tf"], "gst_goal"),
-                     60, proc, "the goal's predicted view")
+    probe.spin_until(lambda: rec["goal_image"] and rec["goal_info"] and rec["goal_spread"]
+                     and _transforms(rec["tf"], "gst_goal"), 60, proc, "the goal's predicted view")
     img = rec["goal_image"][-1]
     assert (img.width, img.height, img.header.frame_id, img.header.stamp.sec) == (32, 32, "gst_goal", 42)
+    # the expected view of view_samples (default 4) samples comes with their per-pixel spread
+    spread = rec["goal_spread"][-1]
+    assert (spread.width, spread.height, spread.encoding) == (32, 32, "mono8")
+    assert spread.header.frame_id == "gst_goal"
+    assert 0 < max(spread.data) <= 128  # a random tiny model's samples differ; a std of 0-255 values <= 127.5
     t = _transforms(rec["tf"], "gst_goal")[-1].transform
     # the requested pose comes back unchanged (scaled down for the model, up again for TF)
     assert np.allclose([t.translation.x, t.translation.y, t.translation.z], [0.6, 0.0, -0.4], atol=1e-6)

@@ -24,11 +24,13 @@ Camera-centre accuracy (share of centres within 0.1 scene scale after a similari
 gst_ros.geometry.camera_center_accuracy) needs N >= 3 (two centres always align exactly).
 Novel views: engine.predict_view(observation, true camera j) against the true view j at the model
 resolution: PSNR, SSIM, LPIPS when VGG weights are given (training/image_metrics.py); the
-"copy observation" baseline scores the observation itself as the prediction.
+"copy observation" baseline scores the observation itself as the prediction. One row per entry
+of --view-samples: "gst" is a single sampled view (the paper's protocol), "gst, mean of k" the
+per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view_samples).
 
 Writes into --out: results.md and results.csv (summary tables), per_pair.csv (every ordered
 pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png (rows of
-observation | truth | prediction).
+observation | truth | prediction per --view-samples entry).
 """
 from __future__ import annotations
 
@@ -143,10 +145,12 @@ class EvalScene:
     extra: dict = field(default_factory=dict)
 
 
-def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None) -> list[EvalScene]:
-    """The first `max_scenes` scenes of a reader with at least n_views views, first n_views each."""
+def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None,
+                       first: int = 0) -> list[EvalScene]:
+    """The first `max_scenes` scenes from reader index `first` on with at least n_views views,
+    first n_views each."""
     out = []
-    for i in range(len(reader)):
+    for i in range(first, len(reader)):
         if max_scenes is not None and len(out) >= max_scenes:
             break
         s = reader[i]
@@ -195,12 +199,18 @@ def default_methods(engine) -> list[str]:
     return [m for m in POSE_METHODS if m != "gst-head" or has_head]
 
 
+def view_method(view_samples: int) -> str:
+    """The NVS row name of a predicted view averaging `view_samples` samples."""
+    return "gst" if view_samples == 1 else f"gst, mean of {view_samples}"
+
+
 def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples: int = 4,
                     seed: int = 0, nvs: bool = True, lpips: LPIPSMetric | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, view_samples=(1,)) -> dict:
     """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
-    (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred)] images}.
-    methods: names from POSE_METHODS; None = default_methods(engine)."""
+    (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred per view_samples
+    entry)] images}. methods: names from POSE_METHODS; None = default_methods(engine);
+    view_samples: the sample counts of the predicted views scored (view_method names the rows)."""
     methods = default_methods(engine) if methods is None else methods
     pair_rows, scene_rows, nvs_rows, grids = [], [], [], []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
@@ -231,16 +241,17 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
             obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
             for j in range(1, n):
                 truth, _ = center_crop_resize(scene.images[j], scene.K[j], size)
-                view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
-                                           seed=seed + j)
-                for method, img in (("gst", view.image), ("copy observation", obs_sq)):
+                preds = [(view_method(k), engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0],
+                                                              K_target=scene.K[j], seed=seed + j,
+                                                              samples=k).image) for k in view_samples]
+                for method, img in preds + [("copy observation", obs_sq)]:
                     row = {"method": method, "group": scene.group, "category": scene.category,
                            "scene": scene.scene_id, "j": j, "psnr": float(psnr(img, truth)[0]),
                            "ssim": float(ssim(img, truth)[0])}
                     if lpips is not None:
                         row["lpips"] = float(lpips(img, truth)[0])
                     nvs_rows.append(row)
-                grids.append((obs_sq, truth, view.image))
+                grids.append((obs_sq, truth, *(img for _, img in preds)))
     return {"pairs": pair_rows, "scenes": scene_rows, "nvs": nvs_rows, "grids": grids}
 
 
@@ -254,7 +265,8 @@ def summarize(results: dict) -> list[dict]:
         row["CC@0.1"] = float(np.mean(cc)) if cc else float("nan")
         if runs:
             row["failed"] = float(sum(r["failed"] for r in runs) / max(1, sum(r["estimates"] for r in runs)))
-    for method in ("gst", "copy observation"):
+    nvs_methods = list(dict.fromkeys(r["method"] for r in results["nvs"]))  # first-seen order
+    for method in nvs_methods:
         for group in sorted({r["group"] for r in results["nvs"]}):
             sel = [r for r in results["nvs"] if r["method"] == method and r["group"] == group]
             if not sel:
@@ -304,7 +316,7 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
     grids = results["grids"][:max_grid_rows]
     if grids:
         save_image_grid([im for row in grids for im in row],
-                        out / "grids" / "nvs_observation_truth_prediction.png", ncols=3)
+                        out / "grids" / "nvs_observation_truth_prediction.png", ncols=len(grids[0]))
     return table
 
 
@@ -333,8 +345,14 @@ def main(argv=None) -> int:
                          f"gst-head only for a model with a pose head)")
     ap.add_argument("--one-way", action="store_true",
                     help="gst-head: read each pair one way only (EngineConfig.pose_symmetric off)")
+    ap.add_argument("--no-mirror", action="store_true",
+                    help="head read-outs: do not average in the left-right mirrored pair "
+                         "(EngineConfig.pose_mirror off)")
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
+    ap.add_argument("--view-samples", default="1,4", metavar="K[,K...]",
+                    help="sampled views averaged per predicted view, one NVS row per entry "
+                         "(1 = a single sample, 'gst'; k > 1 = 'gst, mean of k')")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")
@@ -349,6 +367,7 @@ def main(argv=None) -> int:
 
         engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
                                         pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
+                                        pose_mirror=not args.no_mirror,
                                         temperature=args.temperature,
                                         top_k=args.top_k))
     scenes = []
@@ -368,8 +387,14 @@ def main(argv=None) -> int:
         ap.error(f"unknown pose methods {unknown}; expected some of {list(POSE_METHODS)}")
     methods = [m for m in methods if not (m == "opencv" and args.no_opencv)]
     lp = LPIPSMetric(args.vgg, args.lpips_lin) if args.vgg else None
+    try:
+        view_samples = [int(k) for k in args.view_samples.split(",") if k.strip()]
+    except ValueError:
+        ap.error(f"--view-samples: expected integers like 1,4, got {args.view_samples!r}")
+    if not view_samples or min(view_samples) < 1:
+        ap.error(f"--view-samples: expected integers >= 1, got {args.view_samples!r}")
     res = evaluate_scenes(scenes, engine, methods, args.samples, args.seed, nvs=not args.no_nvs, lpips=lp,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, view_samples=view_samples)
     table = write_report(res, args.out)
     print(markdown_table(table))
     return 0

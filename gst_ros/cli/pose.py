@@ -75,6 +75,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "rotation (head), or auto: head when the model has one, else mean")
     parser.add_argument("--one-way", action="store_true",
                         help="head read-outs: read the pair one way only (EngineConfig.pose_symmetric off)")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="head read-outs: do not average in the pair mirrored left-right "
+                             "(EngineConfig.pose_mirror off)")
 
 
 def engine_from_args(args):
@@ -83,7 +86,8 @@ def engine_from_args(args):
 
     kw = dict(device=args.device, tokenizer_backend=args.backend, seed=args.seed,
               temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale,
-              pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way)
+              pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
+              pose_mirror=not args.no_mirror)
     if args.model:
         kw["model_dir"] = args.model
     if args.fov_deg is not None:

@@ -19,7 +19,10 @@ y down, z forward), translation in the model's unit scene scale, in one of two w
 Write a value list that starts with a minus sign with `=`: `--orbit=-30,10`, `--pose=-0.2,0,0,0,0,0,1`.
 
 The predicted view is written as a PNG at the model's resolution (square); its intrinsics are
-the observation's after the centre crop and resize (printed).
+the observation's after the centre crop and resize (printed). With --samples N > 1 (default 4)
+it is the per-pixel mean of N sampled views (the expected view), and their per-pixel standard
+deviation is written beside it as <out>_spread.png (grey level = deviation in 0-255 intensity
+units: bright where the model is unsure); --samples 1 writes one sample.
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--orbit", type=lambda s: parse_floats(s, 2, "--orbit"), metavar="AZ_DEG,EL_DEG",
                        help="orbit around the point one unit in front of the camera (see above)")
     parser.add_argument("--out", required=True, help="output PNG file")
+    parser.add_argument("--samples", type=int, default=4, metavar="N",
+                        help="sampled views averaged into the output (1 = a single sample)")
     parser.add_argument("--json", action="store_true", help="print the view's camera as JSON")
     add_engine_arguments(parser)
 
@@ -90,17 +95,23 @@ def run(args) -> int:
         w2c = pose_w2c(args.pose) if args.pose is not None else orbit_w2c(*args.orbit)
         obs = load_image(args.observation)
         engine = engine_from_args(args)
-        view = engine.predict_view(obs, w2c, K_obs=args.K)
+        view = engine.predict_view(obs, w2c, K_obs=args.K, samples=args.samples)
     except (ModelNotFoundError, ValueError) as e:
         print(f"gst view: {e}", file=sys.stderr)
         return 2
     path = save_png(args.out, view.image)
-    rec = {"file": str(path), **pose_record(view.w2c), "K": view.K.tolist()}
+    rec = {"file": str(path), **pose_record(view.w2c), "K": view.K.tolist(), "samples": view.samples}
+    if view.spread is not None:
+        grey = np.clip(np.rint(view.spread), 0, 255).astype(np.uint8)
+        spread_path = path.with_name(path.stem + "_spread.png")
+        rec["spread_file"] = str(save_png(spread_path, np.repeat(grey[..., None], 3, axis=-1)))
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
         p, q = rec["position"], rec["quaternion_xyzw"]
-        print(f"wrote {path} ({view.image.shape[1]}x{view.image.shape[0]})")
+        what = f"mean of {view.samples} samples" if view.samples > 1 else "one sample"
+        print(f"wrote {path} ({view.image.shape[1]}x{view.image.shape[0]}, {what})"
+              + (f" and {rec['spread_file']}" if "spread_file" in rec else ""))
         print("camera position " + " ".join(f"{v:+.4f}" for v in p)
               + "  quaternion (xyzw) " + " ".join(f"{v:+.4f}" for v in q))
         print(f"K fx={view.K[0, 0]:.2f} fy={view.K[1, 1]:.2f} cx={view.K[0, 2]:.2f} cy={view.K[1, 2]:.2f}")

@@ -145,9 +145,14 @@ class PoseEstimate:
 
 @dataclass
 class PredictedView:
-    image: np.ndarray          # (S,S,3) uint8 RGB at the model's resolution
+    image: np.ndarray          # (S,S,3) uint8 RGB at the model's resolution: one sampled view, or
+                               # with several samples their pixel mean (the expected view)
     K: np.ndarray              # (3,3) intrinsics of that image (pixels, OpenCV convention)
     w2c: np.ndarray            # (4,4) the view's camera, world = observation camera frame (OpenCV axes)
+    spread: np.ndarray | None = None   # (S,S) float32: per pixel, the standard deviation of the
+                                       # sampled views (mean over R, G, B; 0-255 intensity units);
+                                       # None for a single sample
+    samples: int = 1                   # how many sampled views `image` averages
 
 
 POSE_ESTIMATES = ("auto", "mean", "mode", "head")
@@ -171,10 +176,17 @@ class EngineConfig:
                                        # "mean"
     pose_symmetric: bool = True        # head read-outs: also read the swapped pair (target as the
                                        # observation) and average the two rotation estimates
+    pose_mirror: bool = True           # head read-outs with a centre head: also read the pair
+                                       # mirrored left-right (both images flipped) and average the
+                                       # estimate mapped back (generation.mirror_averaged_readout)
+    view_samples: int = 4              # predict_view: sampled views averaged into the returned
+                                       # image (its expected value, per pixel) and their spread;
+                                       # 1 = a single sample, as the paper
 
     def __post_init__(self):
         if self.pose_estimate not in POSE_ESTIMATES:
             raise ValueError(f"pose_estimate must be one of {POSE_ESTIMATES}, got {self.pose_estimate!r}")
+        _check_count(self.view_samples, "view_samples")
 
 
 def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -461,6 +473,19 @@ class GSTEngine:
         g = self.grid
         return from_model_tensor(self.image_tokenizer.decode(codes.reshape(-1, g, g).cpu()))
 
+    def head_readout(self, obs_sq: np.ndarray, tgt_sq: np.ndarray) -> PoseReadout:
+        """The read-out heads' PoseReadout (batch 1) for two model-resolution images (observation,
+        target; (S,S,3) uint8 RGB as from `prepare`), read as EngineConfig asks: both ways
+        (pose_symmetric) and averaged with the left-right mirrored pair (pose_mirror); the
+        frames are pose_readout's (observation camera frame, OpenCV axes, unit scene scale)."""
+        if not self.config.pose_mirror:
+            return generation.pose_readout(self.model, self.image_tokens(obs_sq), self.image_tokens(tgt_sq),
+                                           self.config.pose_symmetric)
+        images = np.stack([obs_sq, tgt_sq, obs_sq[:, ::-1], tgt_sq[:, ::-1]])
+        codes = self.image_tokenizer.encode(images).reshape(4, -1).to(self.device)
+        return generation.mirror_averaged_readout(self.model, codes[0:1], codes[1:2], codes[2:3], codes[3:4],
+                                                  self.config.pose_symmetric)
+
     # ------------------------------------------------------------------ the four tasks
 
     def estimate_pose(self, observation, target, K_obs=None, K_target=None, samples: int = 4,
@@ -494,8 +519,7 @@ class GSTEngine:
         gen = self._generator_for(seed)
         if estimate == "head" and self.model.center_head is not None:
             with self._autocast():
-                readout = generation.pose_readout(self.model, self.image_tokens(obs_sq),
-                                                  self.image_tokens(tgt_sq), self.config.pose_symmetric)
+                readout = self.head_readout(obs_sq, tgt_sq)
             w2c, cov, conf, spread = head_pose_estimate(readout, **self.pose_calibration)
             return PoseEstimate(w2c=w2c, samples_w2c=w2c[None], covariance=cov, confidence=conf,
                                 rotation_spread_deg=spread, latency_s=time.perf_counter() - t0,
@@ -543,10 +567,17 @@ class GSTEngine:
         return PoseEstimate(w2c=w2c, samples_w2c=samples_w2c, covariance=cov, confidence=conf,
                             rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
 
-    def predict_view(self, observation, w2c_target, K_obs=None, K_target=None, seed=None) -> PredictedView:
+    def predict_view(self, observation, w2c_target, K_obs=None, K_target=None, seed=None,
+                     samples: int | None = None) -> PredictedView:
         """The view from camera `w2c_target` (world = observation camera frame, OpenCV axes, unit
         scene scale): [o, <GEN>, c] -> i. K_target: the target camera's intrinsics for an image of
-        the SAME size as the observation (cropped and resized like it); default K_obs."""
+        the SAME size as the observation (cropped and resized like it); default K_obs.
+        `samples` (default EngineConfig.view_samples) views are drawn from p(i | c, o) in one batch;
+        with more than one, `image` is their per-pixel mean (the expected view: smoother than any
+        one sample, closer to the truth in squared error) and `spread` their per-pixel standard
+        deviation (where the model is unsure what it will see)."""
+        samples = self.config.view_samples if samples is None else samples
+        _check_count(samples, "samples")
         w2c = as_array(w2c_target, "w2c_target", (4, 4))
         check_pose(w2c, "w2c_target")
         obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
@@ -556,8 +587,13 @@ class GSTEngine:
         with self._autocast():
             obs_tok = self.image_tokens(obs_sq)
             cam_tok = self.camera_tokens(K_sq, w2c)
-            codes = generation.novel_view(self.model, obs_tok, cam_tok, self.sampling, gen)
-        return PredictedView(image=self._images(codes)[0], K=K_sq, w2c=w2c)
+            codes = generation.novel_view(self.model, obs_tok.expand(samples, -1),
+                                          cam_tok.expand(samples, -1), self.sampling, gen)
+        views = self._images(codes)
+        if samples == 1:
+            return PredictedView(image=views[0], K=K_sq, w2c=w2c)
+        image, spread = expected_view(views)
+        return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples)
 
     def propose_views(self, observation, n: int = 4, K_obs=None, seed=None) -> list[PredictedView]:
         """n viewpoints sampled from p(c | o) ([o, <GEN>] -> c), each with its view from
@@ -589,6 +625,16 @@ class GSTEngine:
         img_codes, cam_codes = ids[:, : layout.n], vocab.ids_to_camera(ids[:, layout.n:])
         w2c, _ = self._cameras(cam_codes, K_sq)
         return PredictedView(image=self._images(img_codes)[0], K=K_sq, w2c=w2c[0])
+
+
+def expected_view(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-pixel mean as (S,S,3) uint8 RGB, per-pixel standard deviation as (S,S) float32 in 0-255
+    intensity units, averaged over R, G, B) of sampled views (k,S,S,3) uint8 RGB, k >= 1."""
+    v = np.asarray(views, dtype=np.float32)
+    if v.ndim != 4 or v.shape[-1] != 3 or len(v) < 1:
+        raise ValueError(f"views: expected (k, S, S, 3) RGB with k >= 1, got shape {v.shape}")
+    mean = np.clip(np.rint(v.mean(axis=0)), 0, 255).astype(np.uint8)
+    return mean, v.std(axis=0).mean(axis=-1).astype(np.float32)
 
 
 def _check_image(image, name: str) -> tuple[int, int]:

@@ -224,6 +224,49 @@ def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
     return PoseReadout(*(None if t is None else t.float().cpu() for t in readout))
 
 
+# x -> -x in a camera's optical frame: what flipping an image left-right does to the scene it shows
+MIRROR_X = (-1.0, 1.0, 1.0)
+
+
+def mirror_readout(readout: PoseReadout) -> PoseReadout:
+    """A read-out of a left-right mirrored pair (both images flipped) mapped back to the pair
+    itself. Flipping an image left-right shows the scene reflected by F = diag(-1, 1, 1) in the
+    camera's optical frame (OpenCV axes); for the pair, world = the observation camera's frame, so
+    a target camera (R, C) (w2c rotation, centre) becomes (F R F, F C). F is its own inverse, so
+    the same map takes the mirrored estimate back: rotation F M F, centre F C; the per-axis
+    log-variances are unchanged (F only flips x's sign)."""
+    f = torch.tensor(MIRROR_X, dtype=readout.rotation.dtype, device=readout.rotation.device)
+    rotation = readout.rotation * f[:, None] * f[None, :]
+    center = None if readout.center is None else readout.center * f
+    return PoseReadout(rotation, center, readout.center_log_var)
+
+
+def mirror_averaged_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
+                            observation_mirrored: torch.Tensor, image_mirrored: torch.Tensor,
+                            symmetric: bool = False) -> PoseReadout:
+    """pose_readout of the pair (observation, image) averaged with that of its left-right mirror
+    image (the codes of both images flipped left-right), read in one batch and mapped back with
+    mirror_readout. Conventions as pose_readout: rotation = the mean of the two estimates of E[R]
+    (w2c, observation camera frame, OpenCV axes); the centre = the object-centric placement of
+    that mean rotation plus the mean of the two centre heads' corrections (unit scene scale);
+    log-variances = the log of the two variances' mean. Averaging over the mirror cancels a
+    model's left-right bias; where the two disagree the mean rotation shrinks, so the predicted
+    spread grows. All tensors (B, n) image codes."""
+    b = observation.shape[0]
+    both = pose_readout(model, torch.cat([observation, observation_mirrored]),
+                        torch.cat([image, image_mirrored]), symmetric)
+    direct = PoseReadout(*(None if t is None else t[:b] for t in both))
+    mirrored = mirror_readout(PoseReadout(*(None if t is None else t[b:] for t in both)))
+    rotation = 0.5 * (direct.rotation + mirrored.rotation)
+    if direct.center is None:
+        return PoseReadout(rotation)
+    correction = 0.5 * sum(r.center - center_facing_scene(rotation_from_covariance(r.rotation))
+                           for r in (direct, mirrored))
+    log_var = torch.logaddexp(direct.center_log_var, mirrored.center_log_var) - torch.log(torch.tensor(2.0))
+    center = center_facing_scene(rotation_from_covariance(rotation)) + correction
+    return PoseReadout(rotation, center, log_var)
+
+
 def novel_view(model: GST, observation: torch.Tensor, camera: torch.Tensor,
                sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
                **kw) -> torch.Tensor:

@@ -279,7 +279,9 @@ class GSTNode(LifecycleNode):
                            top_p=float(self.p("top_p")), cfg_scale=float(self.p("cfg_scale")),
                            default_fov_deg=float(self.p("default_fov_deg")), seed=int(self.p("seed")),
                            pose_estimate=str(self.p("pose_estimate")),
-                           pose_symmetric=bool(self.p("pose_symmetric")))
+                           pose_symmetric=bool(self.p("pose_symmetric")),
+                           pose_mirror=bool(self.p("pose_mirror")),
+                           view_samples=int(self.p("view_samples")))
         self.model_dir = cfg.model_dir
         return GSTEngine(cfg)
 
@@ -293,6 +295,7 @@ class GSTNode(LifecycleNode):
             "candidate_poses": self.create_publisher(PoseArray, "gst/candidates/poses", out),
             "goal_image": self.create_publisher(Image, "gst/goal_view/image", out),
             "goal_info": self.create_publisher(CameraInfo, "gst/goal_view/camera_info", out),
+            "goal_spread": self.create_publisher(Image, "gst/goal_view/spread", out),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", out),
         }
         for c in self.cameras:
@@ -558,6 +561,9 @@ class GSTNode(LifecycleNode):
                                                                       stamp=stamp)]))
         self._gst_pubs["goal_image"].publish(numpy_to_image(view.image, stamp, frame_id))
         self._gst_pubs["goal_info"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
+        if view.spread is not None:  # mono8: the samples' standard deviation in 0-255 intensity units
+            spread = np.clip(np.rint(view.spread), 0, 255).astype(np.uint8)
+            self._gst_pubs["goal_spread"].publish(numpy_to_image(spread, stamp, frame_id, encoding="mono8"))
         self._gst_pubs["markers"].publish(frustum_array(
             [(view.K, size, size, np.linalg.inv(w2c))], frame_id=self.reference_frame, stamp=stamp, ns="goal",
             depth=float(self.p("frustum_depth")), color=GOAL_COLOR))

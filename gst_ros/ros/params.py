@@ -40,6 +40,10 @@ PARAMETERS: tuple[Param, ...] = (
           "(the pose head's rotation)"),
     Param("pose_symmetric", True, "head read-outs: also read the pair swapped and average the two rotation "
           "estimates (one batch of two)"),
+    Param("pose_mirror", True, "head read-outs with a centre head: also read the pair mirrored left-right "
+          "(both images flipped) and average the estimate mapped back (one batch)"),
+    Param("view_samples", 4, "sampled views averaged into a goal view (its per-pixel expected value; "
+          "their per-pixel spread goes to gst/goal_view/spread); 1 = one sample", range=(1, 64)),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
