@@ -120,5 +120,6 @@ def test_rviz_config_shows_the_node_outputs():
     assert vm["Global Options"]["Fixed Frame"] == gst_params.BY_NAME["reference_frame"].default
     topics = {d["Topic"]["Value"] for d in vm["Displays"] if "Topic" in d}
     classes = {d["Class"] for d in vm["Displays"]}
-    assert {"/gst/markers", "/gst/candidate_0/image", "/gst/camera/pose", "/gst/goal_view/image"} <= topics
+    assert {"/gst/markers", "/gst/candidate_0/image", "/gst/camera/pose", "/gst/goal_view/image",
+            "/gst/goal_view/spread"} <= topics
     assert "rviz_default_plugins/TF" in classes
