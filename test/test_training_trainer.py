@@ -311,6 +311,17 @@ def test_codebook_features_come_from_the_tokenizers_and_travel_with_the_model(tm
     assert np.isfinite(res["loss"])
     _, cont = load_model_dir(tmp_path / "cont/model/gst", "gst")
     assert torch.equal(cont["image_codebook"], state["image_codebook"])
+    # continuing on shards made with another (e.g. fine-tuned) image tokenizer: its codebook
+    # replaces the image features; the camera tokenizer is the same, so its features stay
+    other = make_random_model(tmp_path / "other", TINY_IMAGE, TINY_CAMERA, tiny_gst_config(), seed=5)
+    res = train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run/model/gst"), model_overrides={},
+                         image_tokenizer=str(other / "image_tokenizer"),
+                         camera_tokenizer=str(tok / "camera_tokenizer")), tmp_path / "retok", progress=False)
+    _, retok = load_model_dir(tmp_path / "retok/model/gst", "gst")
+    other_book = ImageTokenizer.from_dir(other / "image_tokenizer").core.quantize.codebook().detach()
+    assert torch.allclose(retok["image_codebook"], F.normalize(other_book, dim=-1), atol=1e-6)
+    assert not torch.allclose(retok["image_codebook"], state["image_codebook"], atol=1e-3)
+    assert torch.equal(retok["camera_codebook"], state["camera_codebook"])
     with pytest.raises(ValueError, match="use one"):
         train(tiny_cfg(shards, max_steps=1, codebook_embedding_init=True, **kw), tmp_path / "both",
               progress=False)

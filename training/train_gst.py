@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -314,6 +315,26 @@ def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_cod
             w[rows] = ((w[rows].detach().cpu() + book @ proj) / math.sqrt(2.0)).to(w)
 
 
+def refresh_codebooks(model: GST, manifest: dict, cfg: TrainConfig) -> list[str]:
+    """After init_from: where the model has codebook features and the tokenizer the shards were
+    made with is known (cfg.image_tokenizer / camera_tokenizer, else the manifest's metadata) and
+    its codebook differs from the model's buffer (e.g. continuing a transformer on shards re-made
+    with a fine-tuned tokenizer), copy that codebook in, so the features describe the codes the
+    model is now fed. Returns the kinds ("image", "camera") replaced; an unknown tokenizer keeps
+    the model's buffer."""
+    replaced = []
+    for kind in ("image", "camera"):
+        buf = getattr(model, f"{kind}_codebook", None)
+        path = getattr(cfg, f"{kind}_tokenizer") or manifest.get("metadata", {}).get(f"{kind}_tokenizer", "")
+        if buf is None or not path or not Path(path).is_dir():
+            continue
+        book = F.normalize(tokenizer_codebook(kind, manifest, path).float(), dim=-1)
+        if book.shape != buf.shape or not torch.allclose(book, buf.float(), atol=1e-6):
+            model.set_codebooks(**{f"{kind}_codebook": book})
+            replaced.append(kind)
+    return replaced
+
+
 def tokenizer_codebook(kind: str, manifest: dict, path: str = "") -> torch.Tensor:
     """The (codebook_size, dim) codebook of the `kind` ("image" | "camera") tokenizer the shards
     were made with: the model directory `path`, else the one pre-tokenisation recorded in the
@@ -532,6 +553,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     if init_state is not None:
         load_state_dict_strict(model, init_state_with_new_heads(model, init_state), cfg.init_from)
         _say(info, f"initialised from {init_desc}")
+        for kind in refresh_codebooks(model, manifest, cfg):
+            _say(info, f"{kind} codebook features replaced by the codebook of the tokenizer the shards were "
+                       f"made with (it differs from the one {cfg.init_from} was trained with)")
     elif not (out / CHECKPOINT).is_file():
         features = (model_cfg.image_code_dim > 0, model_cfg.camera_code_dim > 0)
         if cfg.codebook_embedding_init and any(features):

@@ -495,7 +495,9 @@ class GSTEngine:
         The read-out `estimate` (None = EngineConfig.pose_estimate; "auto" as there):
         - "head" with a model that has pose and centre heads: one forward pass over [o, <EST>, i]
           (generation.pose_readout; with EngineConfig.pose_symmetric, the default, batched with
-          the swapped pair [i, <EST>, o] whose inverse rotation is averaged in), no sampling:
+          the swapped pair [i, <EST>, o] whose inverse rotation is averaged in; with
+          EngineConfig.pose_mirror, the default, also with both pairs mirrored left-right, mapped
+          back and averaged in: head_readout), no sampling:
           the pose head's rotation, the centre head's camera centre, the covariance and
           confidence the heads predict (head_pose_estimate, scaled by the model's calibration);
           `samples` is not used and samples_w2c holds the one estimate.
