@@ -258,6 +258,8 @@ def test_expected_view_is_the_pixel_mean_and_spread_of_its_samples(engine):
     np.testing.assert_array_equal(view.image, np.clip(np.rint(draws.mean(0)), 0, 255).astype(np.uint8))
     np.testing.assert_allclose(view.spread, draws.std(0).mean(-1), atol=1e-3)
     assert view.spread.max() > 0  # a random tiny model's draws differ
+    np.testing.assert_array_equal(view.spread_image(), np.rint(view.spread).astype(np.uint8))
+    assert singles.spread_image() is None
     assert engine.config.view_samples == 4
     assert engine.predict_view(obs, TARGET_W2C, seed=5).samples == 4
 

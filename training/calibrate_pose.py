@@ -49,7 +49,6 @@ import torch
 from tqdm import tqdm
 
 from gst_ros.engine.engine import (
-    POSE_CALIBRATION_KEYS,
     POSITION_VAR_FLOOR,
     ROTATION_VAR_FLOOR,
     EngineConfig,
@@ -293,7 +292,7 @@ def main(argv=None) -> int:
     read = {"pose_symmetric": engine.config.pose_symmetric, "pose_mirror": engine.config.pose_mirror}
     result = {"model": str(args.model), **source, "scenes": f"{scenes.start}:{scenes.stop}",
               "pairs": int(len(errs["angle_deg"])), "read_out": read, "stored_calibration": stored,
-              "uncalibrated": report(errs, dict.fromkeys(POSE_CALIBRATION_KEYS, 1.0)),
+              "uncalibrated": report(errs, UNCALIBRATED),
               "with_stored_calibration": report(errs, stored)}
     if args.write:
         fitted = {"rotation_var_scale": fit_scale(errs["rot_err"], errs["rot_cov"], ROTATION_VAR_FLOOR),

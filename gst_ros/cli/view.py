@@ -101,8 +101,8 @@ def run(args) -> int:
         return 2
     path = save_png(args.out, view.image)
     rec = {"file": str(path), **pose_record(view.w2c), "K": view.K.tolist(), "samples": view.samples}
-    if view.spread is not None:
-        grey = np.clip(np.rint(view.spread), 0, 255).astype(np.uint8)
+    grey = view.spread_image()
+    if grey is not None:
         spread_path = path.with_name(path.stem + "_spread.png")
         rec["spread_file"] = str(save_png(spread_path, np.repeat(grey[..., None], 3, axis=-1)))
     if args.json:

@@ -154,6 +154,13 @@ class PredictedView:
                                        # None for a single sample
     samples: int = 1                   # how many sampled views `image` averages
 
+    def spread_image(self) -> np.ndarray | None:
+        """`spread` as an (S,S) uint8 grey image (value = standard deviation in 0-255 intensity
+        units, rounded), or None for a single sample."""
+        if self.spread is None:
+            return None
+        return np.clip(np.rint(self.spread), 0, 255).astype(np.uint8)
+
 
 POSE_ESTIMATES = ("auto", "mean", "mode", "head")
 

@@ -23,6 +23,7 @@ To draw several samples per observation, repeat the observation rows (repeat_int
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -262,7 +263,7 @@ def mirror_averaged_readout(model: GST, observation: torch.Tensor, image: torch.
         return PoseReadout(rotation)
     correction = 0.5 * sum(r.center - center_facing_scene(rotation_from_covariance(r.rotation))
                            for r in (direct, mirrored))
-    log_var = torch.logaddexp(direct.center_log_var, mirrored.center_log_var) - torch.log(torch.tensor(2.0))
+    log_var = torch.logaddexp(direct.center_log_var, mirrored.center_log_var) - math.log(2.0)
     center = center_facing_scene(rotation_from_covariance(rotation)) + correction
     return PoseReadout(rotation, center, log_var)
 

@@ -561,8 +561,8 @@ class GSTNode(LifecycleNode):
                                                                       stamp=stamp)]))
         self._gst_pubs["goal_image"].publish(numpy_to_image(view.image, stamp, frame_id))
         self._gst_pubs["goal_info"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
-        if view.spread is not None:  # mono8: the samples' standard deviation in 0-255 intensity units
-            spread = np.clip(np.rint(view.spread), 0, 255).astype(np.uint8)
+        spread = view.spread_image()  # mono8: the samples' standard deviation in 0-255 intensity units
+        if spread is not None:
             self._gst_pubs["goal_spread"].publish(numpy_to_image(spread, stamp, frame_id, encoding="mono8"))
         self._gst_pubs["markers"].publish(frustum_array(
             [(view.K, size, size, np.linalg.inv(w2c))], frame_id=self.reference_frame, stamp=stamp, ns="goal",
