@@ -2,6 +2,7 @@
 inputs, ONNX backend parity."""
 import json
 import math
+import shutil
 
 import cv2
 import numpy as np
@@ -430,6 +431,30 @@ def test_bad_config_and_model_dirs(tmp_path, model_dir):
     (bad / "gst" / "config.json").unlink()
     with pytest.raises(ModelFormatError, match="config.json"):
         GSTEngine(EngineConfig(model_dir=str(bad), device="cpu"))
+
+
+def test_tokenizer_from_another_training_is_refused(tmp_path):
+    """A transformer with codebook features runs only with the tokenizers whose codebooks they
+    hold: an image tokenizer from another training (the same shapes, other codes) is a
+    ModelFormatError naming it, before any call could feed the transformer unknown codes."""
+    good = make_tiny_model(tmp_path, name="features", image_code_dim=4, camera_code_dim=4)
+    meta, state = load_model_dir(good / "gst")
+    for kind in ("image", "camera"):
+        _, tok = load_model_dir(good / f"{kind}_tokenizer")
+        book = tok["quantize.embedding.weight"].float()
+        state[f"{kind}_codebook"] = torch.nn.functional.normalize(book, dim=-1)
+    save_model_dir(good / "gst", "gst", meta["config"], state)
+    engine = GSTEngine(EngineConfig(model_dir=str(good), device="cpu"))
+    torch.testing.assert_close(engine.model.image_codebook, state["image_codebook"])
+    assert np.isfinite(engine.estimate_pose(image(), image(seed=3), samples=1).w2c).all()
+    other = make_tiny_model(tmp_path, seed=1, name="other")
+    shutil.rmtree(good / "image_tokenizer")
+    shutil.copytree(other / "image_tokenizer", good / "image_tokenizer")
+    with pytest.raises(ModelFormatError, match="image tokenizer's codebook is not the one"):
+        GSTEngine(EngineConfig(model_dir=str(good), device="cpu"))
+    # features never set (all zero) are not checked: such a model loads with any tokenizer
+    GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, name="unset", image_code_dim=4)),
+                           device="cpu"))
 
 
 def test_default_model_dir_points_at_gst_small():

@@ -344,6 +344,9 @@ def _check_config(cfg: EngineConfig) -> None:
         raise ValueError(f"EngineConfig.default_fov_deg must lie in (0, 180), got {cfg.default_fov_deg}")
 
 
+CODEBOOK_KEY = "quantize.embedding.weight"  # a tokenizer's codebook in its state dict (VQModel)
+
+
 class GSTEngine:
     """Loads the tokenizers and the transformer of a GST model directory and runs the four tasks
     on images (see the module docstring for every convention). Thread-compatible: one call at a
@@ -389,8 +392,29 @@ class GSTEngine:
         if (it.grid, it.grid) != tuple(g.grid) or (ct.grid, ct.grid) != tuple(g.grid):
             problems.append(f"token grids differ: image {it.grid}x{it.grid}, camera {ct.grid}x{ct.grid}, "
                             f"transformer {g.grid[0]}x{g.grid[1]}")
+        problems += self._codebook_mismatches()
         if problems:
             raise ModelFormatError(f"{self.model_dir}: parts do not fit together: " + "; ".join(problems))
+
+    def _codebook_mismatches(self) -> list[str]:
+        """Where the transformer has codebook features (GSTConfig.image_code_dim / camera_code_dim,
+        set from its tokenizers' codebooks when it was trained), each must equal its tokenizer's
+        L2-normalised codebook: a tokenizer from another training (e.g. a fine-tune whose token ids
+        changed) feeds the transformer codes it does not know. All-zero features (never set) are
+        not checked."""
+        found = []
+        for kind in ("image", "camera"):
+            feats = getattr(self.model, f"{kind}_codebook", None)
+            if feats is None or not bool(feats.abs().sum() > 0):
+                continue
+            _, tok_state = load_model_dir(self.model_dir / f"{kind}_tokenizer")  # either backend
+            book = torch.nn.functional.normalize(tok_state[CODEBOOK_KEY].float(), dim=-1)
+            feats = feats.detach().float().cpu()
+            if book.shape != feats.shape or not torch.allclose(book, feats, atol=1e-5):
+                found.append(f"the {kind} tokenizer's codebook is not the one the transformer was trained "
+                             f"with (its {kind} codebook features): use the {kind}_tokenizer/ that came "
+                             f"with gst/")
+        return found
 
     def _resolve_pose_estimate(self, estimate: str) -> str:
         """The pose read-out a call uses: "auto" resolved against the loaded model ("head" when
