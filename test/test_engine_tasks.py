@@ -23,7 +23,7 @@ from gst_ros.engine.engine import (
 )
 from gst_ros.geometry import crop_resize_intrinsics, look_at, plucker_map
 from gst_ros.geometry.rotations import rotation_from_covariance
-from gst_ros.models.io import ModelFormatError, load_model_dir, save_model_dir
+from gst_ros.models.io import ModelFormatError, load_model_dir, load_tensor, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +452,15 @@ def test_tokenizer_from_another_training_is_refused(tmp_path):
     shutil.copytree(other / "image_tokenizer", good / "image_tokenizer")
     with pytest.raises(ModelFormatError, match="image tokenizer's codebook is not the one"):
         GSTEngine(EngineConfig(model_dir=str(good), device="cpu"))
+    # the check reads the codebook alone from the tokenizer's file; a bad file is named
+    torch.testing.assert_close(load_tensor(other / "image_tokenizer", "quantize.embedding.weight"),
+                               load_model_dir(other / "image_tokenizer")[1]["quantize.embedding.weight"])
+    with pytest.raises(ModelFormatError, match="no tensor 'nope'"):
+        load_tensor(other / "image_tokenizer", "nope")
+    weights = good / "image_tokenizer" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        load_tensor(good / "image_tokenizer", "quantize.embedding.weight")
     # features never set (all zero) are not checked: such a model loads with any tokenizer
     GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, name="unset", image_code_dim=4)),
                            device="cpu"))

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -328,8 +327,8 @@ def refresh_codebooks(model: GST, manifest: dict, cfg: TrainConfig) -> list[str]
         path = getattr(cfg, f"{kind}_tokenizer") or manifest.get("metadata", {}).get(f"{kind}_tokenizer", "")
         if buf is None or not path or not Path(path).is_dir():
             continue
-        book = F.normalize(tokenizer_codebook(kind, manifest, path).float(), dim=-1)
-        if book.shape != buf.shape or not torch.allclose(book, buf.float(), atol=1e-6):
+        book = tokenizer_codebook(kind, manifest, path)
+        if not model.holds_codebook(kind, book):
             model.set_codebooks(**{f"{kind}_codebook": book})
             replaced.append(kind)
     return replaced

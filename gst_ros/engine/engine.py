@@ -64,7 +64,13 @@ from gst_ros.geometry import (
 )
 from gst_ros.geometry.errors import as_array
 from gst_ros.geometry.rotations import rotation_from_covariance
-from gst_ros.models.io import ModelFormatError, config_from_dict, load_model_dir, load_state_dict_strict
+from gst_ros.models.io import (
+    ModelFormatError,
+    config_from_dict,
+    load_model_dir,
+    load_state_dict_strict,
+    load_tensor,
+)
 from gst_ros.models.sequence import TASK_EST, build_prefix
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
 from gst_ros.models.transformer import GST, GSTConfig, PoseReadout
@@ -407,10 +413,8 @@ class GSTEngine:
             feats = getattr(self.model, f"{kind}_codebook", None)
             if feats is None or not bool(feats.abs().sum() > 0):
                 continue
-            _, tok_state = load_model_dir(self.model_dir / f"{kind}_tokenizer")  # either backend
-            book = torch.nn.functional.normalize(tok_state[CODEBOOK_KEY].float(), dim=-1)
-            feats = feats.detach().float().cpu()
-            if book.shape != feats.shape or not torch.allclose(book, feats, atol=1e-5):
+            book = load_tensor(self.model_dir / f"{kind}_tokenizer", CODEBOOK_KEY)  # either backend
+            if not self.model.holds_codebook(kind, book):
                 found.append(f"the {kind} tokenizer's codebook is not the one the transformer was trained "
                              f"with (its {kind} codebook features): use the {kind}_tokenizer/ that came "
                              f"with gst/")

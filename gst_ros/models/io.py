@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 KINDS = ("image_tokenizer", "camera_tokenizer", "gst")
@@ -78,6 +79,24 @@ def load_model_dir(directory, kind: str | None = None) -> tuple[dict, dict[str, 
     except Exception as e:  # safetensors raises its own error types for truncated headers/data
         raise ModelFormatError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
     return meta, state
+
+
+def load_tensor(directory, key: str) -> torch.Tensor:
+    """One tensor `key` of a model directory's weights, read alone (safetensors reads only its
+    bytes), for checks that need one piece of a model that is loaded elsewhere. ModelFormatError
+    names a missing file, an unreadable file or a missing key."""
+    w_path = Path(directory) / WEIGHTS_FILE
+    if not w_path.is_file():
+        raise ModelFormatError(f"model directory {directory}: missing {WEIGHTS_FILE}")
+    try:
+        with safe_open(str(w_path), framework="pt") as f:
+            if key not in f.keys():
+                raise ModelFormatError(f"{w_path}: no tensor {key!r}")
+            return f.get_tensor(key)
+    except ModelFormatError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated headers/data
+        raise ModelFormatError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
 
 
 def config_from_dict(cls, fields: dict):

@@ -379,6 +379,16 @@ class GST(nn.Module):
             if self.camera_code_proj is not None:
                 self.tok_embeddings.weight[vocab.camera_offset:vocab.camera_offset + vocab.camera_vocab] = 0.0
 
+    def holds_codebook(self, kind: str, codebook: torch.Tensor) -> bool:
+        """Whether the `kind` ("image" | "camera") codebook features are `codebook` ((vocab, dim),
+        code i is row i) as set_codebooks stores it (L2-normalised). False for a model without
+        those features."""
+        buf = getattr(self, f"{kind}_codebook", None)
+        if buf is None:
+            return False
+        book = F.normalize(codebook.detach().float(), dim=-1).to(buf.device)
+        return book.shape == buf.shape and torch.allclose(book, buf.float(), atol=1e-5)
+
     def set_codebooks(self, image_codebook: torch.Tensor | None = None,
                       camera_codebook: torch.Tensor | None = None) -> None:
         """Copy the tokenizers' codebooks ((image_vocab, image_code_dim), (camera_vocab,
