@@ -11,6 +11,7 @@ import torch
 from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
 
 from gst_ros.engine.engine import (
+    CODEBOOK_KEY,
     POSITION_VAR_FLOOR,
     ROTATION_VAR_FLOOR,
     EngineConfig,
@@ -441,7 +442,7 @@ def test_tokenizer_from_another_training_is_refused(tmp_path):
     meta, state = load_model_dir(good / "gst")
     for kind in ("image", "camera"):
         _, tok = load_model_dir(good / f"{kind}_tokenizer")
-        book = tok["quantize.embedding.weight"].float()
+        book = tok[CODEBOOK_KEY].float()
         state[f"{kind}_codebook"] = torch.nn.functional.normalize(book, dim=-1)
     save_model_dir(good / "gst", "gst", meta["config"], state)
     engine = GSTEngine(EngineConfig(model_dir=str(good), device="cpu"))
@@ -453,14 +454,14 @@ def test_tokenizer_from_another_training_is_refused(tmp_path):
     with pytest.raises(ModelFormatError, match="image tokenizer's codebook is not the one"):
         GSTEngine(EngineConfig(model_dir=str(good), device="cpu"))
     # the check reads the codebook alone from the tokenizer's file; a bad file is named
-    torch.testing.assert_close(load_tensor(other / "image_tokenizer", "quantize.embedding.weight"),
-                               load_model_dir(other / "image_tokenizer")[1]["quantize.embedding.weight"])
+    torch.testing.assert_close(load_tensor(other / "image_tokenizer", CODEBOOK_KEY),
+                               load_model_dir(other / "image_tokenizer")[1][CODEBOOK_KEY])
     with pytest.raises(ModelFormatError, match="no tensor 'nope'"):
         load_tensor(other / "image_tokenizer", "nope")
     weights = good / "image_tokenizer" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelFormatError, match="truncated"):
-        load_tensor(good / "image_tokenizer", "quantize.embedding.weight")
+        load_tensor(good / "image_tokenizer", CODEBOOK_KEY)
     # features never set (all zero) are not checked: such a model loads with any tokenizer
     GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, name="unset", image_code_dim=4)),
                            device="cpu"))
