@@ -135,3 +135,20 @@ def test_object_pool_holds_only_renderable_meshes():
         obj = (Path(root) / object_urdf(name)).with_suffix(".obj")
         verts = [line.split()[1:4] for line in obj.read_text().splitlines() if line.startswith("v ")]
         assert verts and np.all(np.isfinite(np.asarray(verts, dtype=float))), name
+
+
+@pytest.mark.parametrize("seed,fraction", [(11, 0.25), (0, 0.1), (3, 0.5)])
+def test_mixed_pool_keeps_the_catalogue_split_of_textured(seed, fraction):
+    """A model trained on a `mixed` render is evaluated on a `textured` render's held-out
+    objects (the shipped model's stage 10): the catalogue part of the mixed split must be the
+    textured split, and the random shapes split by the same fraction."""
+    from gst_ros.sim.scene import object_pool, split_objects
+
+    train_t, test_t = split_objects(object_pool("textured"), fraction, seed)
+    train_m, test_m = split_objects(object_pool("mixed"), fraction, seed)
+    catalogue = set(object_pool("textured"))
+    assert [o for o in test_m if o in catalogue] == test_t
+    assert [o for o in train_m if o in catalogue] == train_t
+    n_random = len(object_pool("random"))
+    assert sum(o not in catalogue for o in test_m) == max(1, round(n_random * fraction))
+    assert not set(train_m) & set(test_m) and len(train_m) + len(test_m) == len(object_pool("mixed"))
