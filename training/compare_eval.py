@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import ANGLE_BINS, THRESHOLDS, markdown_table
+from training.evaluate import ANGLE_BINS, THRESHOLDS, category_averaged_accuracy, markdown_table
+from training.logging_utils import CSVLogger
 
 PAIR_KEY = ("group", "category", "scene", "i", "j")
 
@@ -112,19 +113,13 @@ def compare(pairs_a: dict, pairs_b: dict, thresholds=THRESHOLDS, resamples: int 
                     continue
                 point, boot = paired_bootstrap(scene[m], category[m], err_a[m] < t, err_b[m] < t,
                                                resamples=resamples, seed=seed)
-                acc_a = point_accuracy(category[m], err_a[m] < t)
+                acc_a = category_averaged_accuracy(err_a[m], category[m], t)
                 rows.append({"group": g, "threshold": f"{t:g} deg", "bin": name, "pairs": int(m.sum()),
                              "scenes": len(set(scene[m].tolist())), "RRA A": acc_a, "RRA B": acc_a + point,
                              "B - A": point, "95% low": float(np.nanpercentile(boot, 2.5)),
                              "95% high": float(np.nanpercentile(boot, 97.5)),
                              "P(B - A <= 0)": float(np.mean(boot <= 0))})
     return rows
-
-
-def point_accuracy(categories, hits) -> float:
-    """Share of hits per category, averaged over categories (training.evaluate's RRA)."""
-    categories, hits = np.asarray(categories), np.asarray(hits, dtype=np.float64)
-    return float(np.mean([hits[categories == c].mean() for c in np.unique(categories)]))
 
 
 def main(argv=None) -> int:
@@ -152,11 +147,9 @@ def main(argv=None) -> int:
           f"paired bootstrap over scenes, {args.resamples} draws")
     print(markdown_table(rows))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        log = CSVLogger(args.out, resume=False)
+        for r in rows:
+            log.log(**r)
     return 0
 
 
