@@ -338,6 +338,29 @@ def test_center_head_reads_the_same_target_view_states():
         gst_config("tiny", grid=(2, 2), center_head=True)
 
 
+def test_center_head_under_bf16_autocast():
+    """A bf16-autocast pass (what a CUDA training step with precision bf16 runs) reads the centre
+    like the fp32 pass: the rotation's placement is solved in float32 (SVD and det have no bf16
+    kernels; this raised before). rotation_from_covariance of a bf16 matrix is the float32
+    rotation of the same matrix."""
+    torch.manual_seed(0)
+    cfg = gst_config("tiny", grid=(2, 2), pose_head=True, center_head=True, token_dropout=0.0,
+                     resid_dropout=0.0, ffn_dropout=0.0)
+    model = GST(cfg).eval()
+    n = cfg.layout.n
+    idx = torch.randint(0, cfg.image_vocab, (4, 3 * n))
+    _, ref = model(idx, return_pose=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, low = model(idx, return_pose=True)
+    assert torch.isfinite(low.center).all()
+    torch.testing.assert_close(low.center.float(), ref.center, atol=0.05, rtol=0.0)
+    C = torch.randn(5, 3, 3).bfloat16()
+    R = rotation_from_covariance(C)
+    assert R.dtype == torch.float32
+    torch.testing.assert_close(R, rotation_from_covariance(C.float()))
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(5))
+
+
 def test_aligned_observation_gives_each_target_token_the_observation_code_of_its_cell():
     """A target-view image token's input gains aligned_proj(codebook[observation code at the same
     grid cell]); observation, task token and camera tokens gain nothing; the map starts at zero

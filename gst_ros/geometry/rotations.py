@@ -12,12 +12,18 @@ def rotation_from_covariance(C: torch.Tensor) -> torch.Tensor:
     """The rotation Q (..., 3, 3) in SO(3) maximising trace(Q^T C) (orthogonal Procrustes with the
     determinant fix: Q = U diag(1, 1, det(U V^T)) V^T for C = U S V^T).
 
-    Aligning vectors a_i ~ Q b_i: C = sum_i w_i a_i b_i^T. Chordal mean of rotations: C = sum R_i."""
-    U, _, Vh = torch.linalg.svd(C)
-    det = torch.linalg.det(U @ Vh)
-    D = torch.ones(C.shape[:-1], dtype=C.dtype, device=C.device)
-    D[..., 2] = torch.sign(det) + (det == 0).to(C.dtype)
-    return U @ (D[..., :, None] * Vh)
+    Aligning vectors a_i ~ Q b_i: C = sum_i w_i a_i b_i^T. Chordal mean of rotations: C = sum R_i.
+
+    Computed in float32 or float64 with autocast off: C in a half type (a bf16-autocast training
+    step's read-out) comes back as float32, since SVD and det have no half-precision kernels."""
+    if C.dtype not in (torch.float32, torch.float64):
+        C = C.float()
+    with torch.autocast(C.device.type, enabled=False):
+        U, _, Vh = torch.linalg.svd(C)
+        det = torch.linalg.det(U @ Vh)
+        D = torch.ones(C.shape[:-1], dtype=C.dtype, device=C.device)
+        D[..., 2] = torch.sign(det) + (det == 0).to(C.dtype)
+        return U @ (D[..., :, None] * Vh)
 
 
 def skew(w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Train two transformers side by side on one GPU within a fixed wall-clock budget, then refit
+# their read-out heads: run A continues a shipped model (training/configs/gpu/gst_continue.yaml),
+# run B trains a wider one from scratch (gst_scratch.yaml); both then gst_heads.yaml. The number
+# of optimizer steps is chosen from throughput measured here (a short probe of both runs at
+# once), so the cosine schedule ends inside the budget. docs/training.md, "One GPU lease".
+#
+#   scripts/gpu_train.sh TRAIN_SHARDS VAL_SHARDS OUT_DIR [BUDGET_S]
+#
+# Environment: PY (python, default python3), INIT (model dir run A starts from and whose
+# tokenizers both runs use, default models/gst_small), DEVICE (default cuda), PROBE_STEPS (60),
+# HEADS_S (seconds kept for the heads, default 80), SCALE (multiplies every step count), EXTRA
+# (more train_gst arguments for every run, e.g. "--set val_batches=1"), BATCH (every run's
+# batch size, default the configs'; SCALE, EXTRA and BATCH make a CPU test of this script short). OUT_DIR/A and OUT_DIR/B are ordinary
+# train_gst run directories (resumable; model/ is the engine's model directory).
+set -euo pipefail
+[ $# -ge 3 ] || { sed -n 2,15p "$0"; exit 2; }
+TRAIN=$1; VAL=$2; OUT=$3; BUDGET=${4:-480}
+PY=${PY:-python3}; INIT=${INIT:-models/gst_small}; DEVICE=${DEVICE:-cuda}
+PROBE_STEPS=${PROBE_STEPS:-60}; HEADS_S=${HEADS_S:-80}; SCALE=${SCALE:-1}; EXTRA=${EXTRA:-}
+START=$(date +%s)
+mkdir -p "$OUT"
+elapsed() { echo $(( $(date +%s) - START )); }
+common=(--shards "$TRAIN" --val-shards "$VAL" --no-progress
+        --set "device=$DEVICE" --set "image_tokenizer=$INIT/image_tokenizer"
+        --set "camera_tokenizer=$INIT/camera_tokenizer" ${BATCH:+--set batch_size=$BATCH} $EXTRA)
+train() {  # name config extra-args...: one train_gst run into $OUT/name, its output in name.log;
+    local name=$1 config=$2; shift 2  # stopped after $LIMIT s when set (0: no limit)
+    timeout "${LIMIT:-0}" "$PY" -m training.train_gst --config "$config" --out "$OUT/$name" "${common[@]}" "$@" \
+        >"$OUT/$name.log" 2>&1 || echo "run $name stopped: exit $? (its log: $OUT/$name.log)"
+}
+steps_per_s() {  # median optimizer steps/s of a run's CSV log after its first rows (0: no log)
+    "$PY" - "$1" "${BATCH:-256}" <<'EOF'
+import csv, os, sys
+path, batch = sys.argv[1], int(sys.argv[2])
+rows = [r for r in csv.DictReader(open(path)) if r.get("tokens_per_s")] if os.path.isfile(path) else []
+rates = sorted(float(r["tokens_per_s"]) for r in rows[2:] or rows)
+print(rates[len(rates) // 2] / (batch * 192) if rates else 0.0)
+EOF
+}
+
+echo "[$(elapsed) s] probe: $PROBE_STEPS steps of each run at once"
+train probe_A training/configs/gpu/gst_continue.yaml --init-from "$INIT/gst" --steps "$PROBE_STEPS" &
+a=$!
+train probe_B training/configs/gpu/gst_scratch.yaml --steps "$PROBE_STEPS" &
+b=$!
+wait $a; wait $b
+rate_A=$(steps_per_s "$OUT/probe_A/train_log.csv"); rate_B=$(steps_per_s "$OUT/probe_B/train_log.csv")
+left=$(( BUDGET - $(elapsed) - HEADS_S - 40 ))   # 40 s: start-up, validation, export, packing
+read -r steps_A steps_B < <("$PY" -c "
+r = [float(x) for x in '$rate_A $rate_B'.split()]
+print(*[max(5, int(x * $left * 0.9 * $SCALE)) if x > 0 else 0 for x in r])")
+echo "[$(elapsed) s] probe: A $rate_A steps/s, B $rate_B steps/s (both at once); $left s left for training:" \
+     "A $steps_A steps, B $steps_B steps"
+
+main_end=$(( BUDGET - HEADS_S - 15 - $(elapsed) ))
+[ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A training/configs/gpu/gst_continue.yaml --init-from "$INIT/gst" \
+    --set "max_steps=$steps_A" & }
+[ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B training/configs/gpu/gst_scratch.yaml --set "max_steps=$steps_B" & }
+wait
+for run in A B; do  # a run stopped by the budget still has its last checkpoint: export that
+    if [ ! -f "$OUT/$run/model/gst/model.safetensors" ] && [ -f "$OUT/$run/checkpoint.pt" ]; then
+        echo "[$(elapsed) s] run $run did not finish: exporting its last checkpoint"
+        cfg=training/configs/gpu/gst_continue.yaml; [ $run = B ] && cfg=training/configs/gpu/gst_scratch.yaml
+        "$PY" -m training.train_gst --config "$cfg" --out "$OUT/$run" "${common[@]}" --export-only
+    fi
+    tail -n 2 "$OUT/$run/train_log.csv" 2>/dev/null || echo "run $run: no log"
+done
+echo "[$(elapsed) s] main runs done"
+
+heads_steps=$("$PY" -c "print(max(5, int(1200 * $SCALE)))")
+heads_end=$(( BUDGET - 10 - $(elapsed) ))
+for run in A B; do
+    if [ -f "$OUT/$run/model/gst/model.safetensors" ]; then
+        LIMIT=$heads_end train "${run}_heads" training/configs/gpu/gst_heads.yaml --init-from "$OUT/$run/model/gst" \
+            --set "max_steps=$heads_steps" &
+    fi
+done
+wait
+for run in A B; do
+    tail -n 2 "$OUT/${run}_heads/train_log.csv" 2>/dev/null || echo "run $run: no heads"
+done
+echo "[$(elapsed) s] done"
