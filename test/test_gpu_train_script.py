@@ -1,0 +1,50 @@
+"""scripts/gpu_train.sh, the one-lease GPU recipe, run on the CPU at toy size: a throughput probe
+sizes both runs, run A continues the INIT model, run B starts from scratch, and each gets its
+pose and centre heads refitted on its frozen transformer."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_training_trainer import make_shards, read_log, tiny_cfg
+from training.train_gst import train
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = {"dim": 32, "n_layer": 1, "n_head": 1, "segment_embedding": True, "image_code_dim": 0,
+         "camera_code_dim": 0, "aligned_observation": False}
+
+
+@pytest.mark.slow
+def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
+    shards = make_shards(tmp_path / "shards")
+    init = tmp_path / "init"
+    train(tiny_cfg(shards, max_steps=5, model_overrides=SIZES, pose_aux_weight=1.0), init, progress=False)
+    out = tmp_path / "gpu"
+    overrides = json.dumps(SIZES, separators=(",", ":"))  # one word: EXTRA is split on spaces
+    env = {**os.environ, "PY": sys.executable, "INIT": str(init / "model"), "DEVICE": "cpu",
+           "PROBE_STEPS": "3", "SCALE": "0.05", "HEADS_S": "40", "BATCH": "4",
+           "EXTRA": f"--set val_batches=1 --set num_workers=0 --set log_every=1 --set model_overrides={overrides}"}
+    proc = subprocess.run(["bash", "scripts/gpu_train.sh", str(shards), str(shards), str(out), "150"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    chosen = re.search(r"A (\d+) steps, B (\d+) steps", proc.stdout)
+    assert chosen, proc.stdout
+    for run, steps in zip("AB", map(int, chosen.groups())):
+        assert (out / f"probe_{run}/train_log.csv").is_file()
+        assert int(read_log(out / f"{run}/train_log.csv")[-1]["step"]) == steps >= 5
+        meta = json.loads((out / f"{run}_heads/model/gst/config.json").read_text())
+        assert meta["config"]["center_head"] and meta["config"]["dim"] == 32
+        # the heads stage froze the transformer: every tensor but the heads' is the main run's
+        main = load_file(out / f"{run}/model/gst/model.safetensors")
+        heads = load_file(out / f"{run}_heads/model/gst/model.safetensors")
+        shared = [k for k in main if not k.startswith(("pose_head.", "center_head."))]
+        assert shared and all(torch.equal(main[k], heads[k]) for k in shared)
+        assert any(k.startswith("center_head.") for k in heads)
+    assert "initialised from" in (out / "A.log").read_text()
+    assert "initialised from" not in (out / "B.log").read_text()
