@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_training_trainer import make_shards, read_log, tiny_cfg
+
 from training.train_gst import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,8 @@ def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
     overrides = json.dumps(SIZES, separators=(",", ":"))  # one word: EXTRA is split on spaces
     env = {**os.environ, "PY": sys.executable, "INIT": str(init / "model"), "DEVICE": "cpu",
            "PROBE_STEPS": "3", "SCALE": "0.05", "HEADS_S": "40", "BATCH": "4",
-           "EXTRA": f"--set val_batches=1 --set num_workers=0 --set log_every=1 --set model_overrides={overrides}"}
+           "EXTRA": "--set val_batches=1 --set num_workers=0 --set log_every=1 "
+                    f"--set model_overrides={overrides}"}
     proc = subprocess.run(["bash", "scripts/gpu_train.sh", str(shards), str(shards), str(out), "150"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
