@@ -335,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (EngineConfig)")
     ap.add_argument("--top-k", type=int, default=100, help="top-k sampling, 0 = off (EngineConfig)")
+    ap.add_argument("--cfg-scale", type=float, default=1.0,
+                    help="classifier-free guidance scale, 1 = none (EngineConfig)")
     ap.add_argument("--vgg", default=None, help="VGG16 weights file: adds LPIPS")
     ap.add_argument("--lpips-lin", default=None, help="optional LPIPS layer weights file")
     ap.add_argument("--pose-estimate", choices=("mean", "mode"), default="mean",
@@ -369,7 +371,7 @@ def main(argv=None) -> int:
                                         pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
                                         pose_mirror=not args.no_mirror,
                                         temperature=args.temperature,
-                                        top_k=args.top_k))
+                                        top_k=args.top_k, cfg_scale=args.cfg_scale))
     scenes = []
     for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
         split, _, group = spec.partition(":")
