@@ -11,10 +11,11 @@
 # tokenizers both runs use, default models/gst_small), DEVICE (default cuda), PROBE_STEPS (60),
 # HEADS_S (seconds kept for the heads, default 80), SCALE (multiplies every step count), EXTRA
 # (more train_gst arguments for every run, e.g. "--set val_batches=1"), BATCH (every run's
-# batch size, default the configs'; SCALE, EXTRA and BATCH make a CPU test of this script short). OUT_DIR/A and OUT_DIR/B are ordinary
-# train_gst run directories (resumable; model/ is the engine's model directory).
+# batch size, default the configs'; SCALE, EXTRA and BATCH make a CPU test of this script
+# short). OUT_DIR/A and OUT_DIR/B are ordinary train_gst run directories (resumable; model/ is
+# the engine's model directory).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,15p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,16p "$0"; exit 2; }
 TRAIN=$1; VAL=$2; OUT=$3; BUDGET=${4:-480}
 PY=${PY:-python3}; INIT=${INIT:-models/gst_small}; DEVICE=${DEVICE:-cuda}
 PROBE_STEPS=${PROBE_STEPS:-60}; HEADS_S=${HEADS_S:-80}; SCALE=${SCALE:-1}; EXTRA=${EXTRA:-}
@@ -30,12 +31,14 @@ train() {  # name config extra-args...: one train_gst run into $OUT/name, its ou
         >"$OUT/$name.log" 2>&1 || echo "run $name stopped: exit $? (its log: $OUT/$name.log)"
 }
 steps_per_s() {  # median optimizer steps/s of a run's CSV log after its first rows (0: no log)
-    "$PY" - "$1" "${BATCH:-256}" <<'EOF'
-import csv, os, sys
-path, batch = sys.argv[1], int(sys.argv[2])
+    "$PY" - "$1" "${BATCH:-256}" "$TRAIN/manifest.json" <<'EOF'
+import csv, json, os, sys
+path, batch, manifest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+gy, gx = json.load(open(manifest))["grid"]
+tokens_per_pair = 3 * gy * gx  # the sequence minus its last token: what tokens_per_s counts
 rows = [r for r in csv.DictReader(open(path)) if r.get("tokens_per_s")] if os.path.isfile(path) else []
 rates = sorted(float(r["tokens_per_s"]) for r in rows[2:] or rows)
-print(rates[len(rates) // 2] / (batch * 192) if rates else 0.0)
+print(rates[len(rates) // 2] / (batch * tokens_per_pair) if rates else 0.0)
 EOF
 }
 
@@ -47,9 +50,11 @@ b=$!
 wait $a; wait $b
 rate_A=$(steps_per_s "$OUT/probe_A/train_log.csv"); rate_B=$(steps_per_s "$OUT/probe_B/train_log.csv")
 left=$(( BUDGET - $(elapsed) - HEADS_S - 40 ))   # 40 s: start-up, validation, export, packing
+# 0.75: on the H200 the checkpoints, validations and start-up took ~20% of a run's wall clock
+# beside the steps the probe times (0.9 let the budget stop run B at step 4,620 of 4,917)
 read -r steps_A steps_B < <("$PY" -c "
 r = [float(x) for x in '$rate_A $rate_B'.split()]
-print(*[max(5, int(x * $left * 0.9 * $SCALE)) if x > 0 else 0 for x in r])")
+print(*[max(5, int(x * $left * 0.75 * $SCALE)) if x > 0 else 0 for x in r])")
 echo "[$(elapsed) s] probe: A $rate_A steps/s, B $rate_B steps/s (both at once); $left s left for training:" \
      "A $steps_A steps, B $steps_B steps"
 
