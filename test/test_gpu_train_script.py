@@ -49,3 +49,24 @@ def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
         assert any(k.startswith("center_head.") for k in heads)
     assert "initialised from" in (out / "A.log").read_text()
     assert "initialised from" not in (out / "B.log").read_text()
+
+
+def test_gpu_configs_fit_the_shipped_model():
+    """The GPU recipe's configs stay valid for whatever is shipped: run A and the heads take their
+    sizes from the shipped transformer (a size in the config would refuse it), run B builds the
+    documented 9.95M-parameter transformer (10.22M with the centre head of its heads stage)."""
+    from gst_ros.models.transformer import GST
+    from training.train_gst import build_model_config, load_config, load_init
+
+    manifest = {"image_vocab": 1024, "camera_vocab": 1024, "grid": [8, 8]}
+    shipped = str(REPO / "models/gst_small/gst")
+    for name in ("gst_continue", "gst_heads"):
+        cfg = load_config(REPO / f"training/configs/gpu/{name}.yaml", {"init_from": shipped})
+        init_config, _, _ = load_init(cfg, manifest)
+        got = build_model_config(cfg, manifest, init_config)
+        assert (got.dim, got.n_layer, got.n_head) == (init_config["dim"], init_config["n_layer"],
+                                                      init_config["n_head"])
+        assert got.pose_head
+    scratch = build_model_config(load_config(REPO / "training/configs/gpu/gst_scratch.yaml"), manifest)
+    assert (scratch.dim, scratch.n_layer, scratch.n_head) == (320, 6, 5) and scratch.aligned_observation
+    assert sum(p.numel() for p in GST(scratch).parameters()) == pytest.approx(9.95e6, rel=0.005)
