@@ -19,6 +19,7 @@ set -euo pipefail
 TRAIN=$1; VAL=$2; OUT=$3; BUDGET=${4:-480}
 PY=${PY:-python3}; INIT=${INIT:-models/gst_small}; DEVICE=${DEVICE:-cuda}
 PROBE_STEPS=${PROBE_STEPS:-60}; HEADS_S=${HEADS_S:-80}; SCALE=${SCALE:-1}; EXTRA=${EXTRA:-}
+CONFIG_A=training/configs/gpu/gst_continue.yaml; CONFIG_B=training/configs/gpu/gst_scratch.yaml
 START=$(date +%s)
 mkdir -p "$OUT"
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -43,9 +44,9 @@ EOF
 }
 
 echo "[$(elapsed) s] probe: $PROBE_STEPS steps of each run at once"
-train probe_A training/configs/gpu/gst_continue.yaml --init-from "$INIT/gst" --steps "$PROBE_STEPS" &
+train probe_A "$CONFIG_A" --init-from "$INIT/gst" --steps "$PROBE_STEPS" &
 a=$!
-train probe_B training/configs/gpu/gst_scratch.yaml --steps "$PROBE_STEPS" &
+train probe_B "$CONFIG_B" --steps "$PROBE_STEPS" &
 b=$!
 wait $a; wait $b
 rate_A=$(steps_per_s "$OUT/probe_A/train_log.csv"); rate_B=$(steps_per_s "$OUT/probe_B/train_log.csv")
@@ -59,15 +60,15 @@ echo "[$(elapsed) s] probe: A $rate_A steps/s, B $rate_B steps/s (both at once);
      "A $steps_A steps, B $steps_B steps"
 
 main_end=$(( BUDGET - HEADS_S - 15 - $(elapsed) ))
-[ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A training/configs/gpu/gst_continue.yaml --init-from "$INIT/gst" \
+[ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A "$CONFIG_A" --init-from "$INIT/gst" \
     --set "max_steps=$steps_A" & }
-[ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B training/configs/gpu/gst_scratch.yaml --set "max_steps=$steps_B" & }
+[ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B "$CONFIG_B" --set "max_steps=$steps_B" & }
 wait
 for run in A B; do  # a run stopped by the budget still has its last checkpoint: export that
     if [ ! -f "$OUT/$run/model/gst/model.safetensors" ] && [ -f "$OUT/$run/checkpoint.pt" ]; then
         echo "[$(elapsed) s] run $run did not finish: exporting its last checkpoint"
-        cfg=training/configs/gpu/gst_continue.yaml; [ $run = B ] && cfg=training/configs/gpu/gst_scratch.yaml
-        "$PY" -m training.train_gst --config "$cfg" --out "$OUT/$run" "${common[@]}" --export-only
+        cfg=CONFIG_$run
+        "$PY" -m training.train_gst --config "${!cfg}" --out "$OUT/$run" "${common[@]}" --export-only
     fi
     tail -n 2 "$OUT/$run/train_log.csv" 2>/dev/null || echo "run $run: no log"
 done
