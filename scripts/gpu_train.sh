@@ -8,18 +8,23 @@
 #   scripts/gpu_train.sh TRAIN_SHARDS VAL_SHARDS OUT_DIR [BUDGET_S]
 #
 # Environment: PY (python, default python3), INIT (model dir run A starts from and whose
-# tokenizers both runs use, default models/gst_small), DEVICE (default cuda), PROBE_STEPS (60),
+# tokenizers both runs use, default models/gst_small), CONFIG_A / CONFIG_B (the runs' configs,
+# defaults above), INIT_B (a gst/ directory run B starts from; default none: from scratch),
+# EXTRA_A / EXTRA_B (train_gst arguments for that run alone), DEVICE (default cuda), PROBE_STEPS (60),
 # HEADS_S (seconds kept for the heads, default 80), SCALE (multiplies every step count), EXTRA
 # (more train_gst arguments for every run, e.g. "--set val_batches=1"), BATCH (every run's
 # batch size, default the configs'; SCALE, EXTRA and BATCH make a CPU test of this script
 # short). OUT_DIR/A and OUT_DIR/B are ordinary train_gst run directories (resumable; model/ is
 # the engine's model directory).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,18p "$0"; exit 2; }
 TRAIN=$1; VAL=$2; OUT=$3; BUDGET=${4:-480}
 PY=${PY:-python3}; INIT=${INIT:-models/gst_small}; DEVICE=${DEVICE:-cuda}
 PROBE_STEPS=${PROBE_STEPS:-60}; HEADS_S=${HEADS_S:-80}; SCALE=${SCALE:-1}; EXTRA=${EXTRA:-}
-CONFIG_A=training/configs/gpu/gst_continue.yaml; CONFIG_B=training/configs/gpu/gst_scratch.yaml
+CONFIG_A=${CONFIG_A:-training/configs/gpu/gst_continue.yaml}; CONFIG_B=${CONFIG_B:-training/configs/gpu/gst_scratch.yaml}
+# each run's own arguments: A continues INIT, B starts from INIT_B or from scratch
+read -r -a args_A <<<"--init-from $INIT/gst ${EXTRA_A:-}"
+read -r -a args_B <<<"${INIT_B:+--init-from $INIT_B} ${EXTRA_B:-}"
 START=$(date +%s)
 mkdir -p "$OUT"
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -44,9 +49,9 @@ EOF
 }
 
 echo "[$(elapsed) s] probe: $PROBE_STEPS steps of each run at once"
-train probe_A "$CONFIG_A" --init-from "$INIT/gst" --steps "$PROBE_STEPS" &
+train probe_A "$CONFIG_A" "${args_A[@]}" --steps "$PROBE_STEPS" &
 a=$!
-train probe_B "$CONFIG_B" --steps "$PROBE_STEPS" &
+train probe_B "$CONFIG_B" ${args_B[@]+"${args_B[@]}"} --steps "$PROBE_STEPS" &
 b=$!
 wait $a; wait $b
 rate_A=$(steps_per_s "$OUT/probe_A/train_log.csv"); rate_B=$(steps_per_s "$OUT/probe_B/train_log.csv")
@@ -60,9 +65,9 @@ echo "[$(elapsed) s] probe: A $rate_A steps/s, B $rate_B steps/s (both at once);
      "A $steps_A steps, B $steps_B steps"
 
 main_end=$(( BUDGET - HEADS_S - 15 - $(elapsed) ))
-[ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A "$CONFIG_A" --init-from "$INIT/gst" \
-    --set "max_steps=$steps_A" & }
-[ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B "$CONFIG_B" --set "max_steps=$steps_B" & }
+[ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A "$CONFIG_A" "${args_A[@]}" --set "max_steps=$steps_A" & }
+[ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B "$CONFIG_B" ${args_B[@]+"${args_B[@]}"} \
+    --set "max_steps=$steps_B" & }
 wait
 for run in A B; do  # a run stopped by the budget still has its last checkpoint: export that
     if [ ! -f "$OUT/$run/model/gst/model.safetensors" ] && [ -f "$OUT/$run/checkpoint.pt" ]; then

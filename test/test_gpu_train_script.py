@@ -21,7 +21,10 @@ SIZES = {"dim": 32, "n_layer": 1, "n_head": 1, "segment_embedding": True, "image
 
 
 @pytest.mark.slow
-def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
+@pytest.mark.parametrize("run_b", ["scratch", "continued"])
+def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path, run_b):
+    """run_b "scratch": the defaults (B from scratch). "continued": INIT_B makes B continue the
+    INIT model too, and EXTRA_B reaches run B alone (its lr, here)."""
     shards = make_shards(tmp_path / "shards")
     init = tmp_path / "init"
     train(tiny_cfg(shards, max_steps=5, model_overrides=SIZES, pose_aux_weight=1.0), init, progress=False)
@@ -31,6 +34,9 @@ def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
            "PROBE_STEPS": "3", "SCALE": "0.05", "HEADS_S": "40", "BATCH": "4",
            "EXTRA": "--set val_batches=1 --set num_workers=0 --set log_every=1 "
                     f"--set model_overrides={overrides}"}
+    if run_b == "continued":
+        env.update(CONFIG_B="training/configs/gpu/gst_continue.yaml", INIT_B=str(init / "model/gst"),
+                   EXTRA_B="--set lr=1e-5 --set min_lr=1e-6")
     proc = subprocess.run(["bash", "scripts/gpu_train.sh", str(shards), str(shards), str(out), "150"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -48,7 +54,10 @@ def test_gpu_train_script_probes_trains_both_runs_and_refits_heads(tmp_path):
         assert shared and all(torch.equal(main[k], heads[k]) for k in shared)
         assert any(k.startswith("center_head.") for k in heads)
     assert "initialised from" in (out / "A.log").read_text()
-    assert "initialised from" not in (out / "B.log").read_text()
+    assert ("initialised from" in (out / "B.log").read_text()) == (run_b == "continued")
+    peak_lr = {run: max(float(r["lr"]) for r in read_log(out / f"{run}/train_log.csv")) for run in "AB"}
+    assert peak_lr["A"] > 1e-5
+    assert (peak_lr["B"] <= 1e-5) == (run_b == "continued")
 
 
 def test_gpu_configs_fit_the_shipped_model():
