@@ -141,6 +141,31 @@ def test_kv_cache_matches_full_forward(task, options):
     assert (full - inc).abs().max().item() < 1e-4
 
 
+
+def test_kv_cache_under_bf16_autocast_matches_the_full_pass():
+    """Cached decoding under bf16 autocast (what GSTEngine runs on CUDA) keeps the fp32 cache and
+    follows the full bf16 pass: keys and values arrive in bf16 and are stored in the cache's dtype
+    (writing them raised "Index put requires the source and destination dtypes match" before)."""
+    cfg = gst_config("tiny", grid=(2, 2))
+    m = _random_model(cfg)
+    lay, voc = cfg.layout, cfg.vocabulary
+    g = torch.Generator().manual_seed(3)
+    obs, img, cam = (torch.randint(0, v, (2, lay.n), generator=g)
+                     for v in (voc.image_vocab, voc.image_vocab, voc.camera_vocab))
+    seq = make_batch(voc, lay, obs, img, cam, "gen").input_ids
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = m(seq).float()
+        m.setup_caches(2)
+        p = lay.n + 1
+        parts = [m(seq[:, :p], input_pos=torch.arange(p)).float()]
+        for i in range(p, seq.shape[1]):
+            parts.append(m(seq[:, i: i + 1], input_pos=torch.tensor([i])).float())
+        assert m.layers[0].attention.kv_cache.k.dtype == torch.float32
+        m.clear_caches()
+    inc = torch.cat(parts, dim=1)
+    assert full.abs().max() > 0.1
+    torch.testing.assert_close(inc, full, atol=0.1, rtol=0.0)  # bf16 rounding, not a wrong cache
+
 def test_segment_embedding_tells_observation_from_target():
     """With segment_embedding the same image code at the same grid cell enters the network
     differently in the observation and in a segment (RoPE alone gives them the same position);

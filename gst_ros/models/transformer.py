@@ -241,8 +241,9 @@ class KVCache:
         written position."""
         if k.shape[0] != self.k.shape[0]:
             raise ValueError(f"KV cache was set up for batch {self.k.shape[0]}, got {k.shape[0]}")
-        self.k[:, :, input_pos] = k
-        self.v[:, :, input_pos] = v
+        # under autocast (bf16 on CUDA) k and v arrive in the compute dtype: store in the cache's
+        self.k[:, :, input_pos] = k.to(self.k.dtype)
+        self.v[:, :, input_pos] = v.to(self.v.dtype)
         end = int(input_pos[-1]) + 1
         return self.k[:, :, :end], self.v[:, :, :end]
 
