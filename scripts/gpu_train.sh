@@ -64,7 +64,7 @@ print(*[max(5, int(x * $left * 0.75 * $SCALE)) if x > 0 else 0 for x in r])")
 echo "[$(elapsed) s] probe: A $rate_A steps/s, B $rate_B steps/s (both at once); $left s left for training:" \
      "A $steps_A steps, B $steps_B steps"
 
-main_end=$(( BUDGET - HEADS_S - 15 - $(elapsed) ))
+main_end=$(( BUDGET - HEADS_S - 15 - $(elapsed) )); [ "$main_end" -gt 0 ] || main_end=1  # timeout 0 = no limit
 [ "$steps_A" -gt 0 ] && { LIMIT=$main_end train A "$CONFIG_A" "${args_A[@]}" --set "max_steps=$steps_A" & }
 [ "$steps_B" -gt 0 ] && { LIMIT=$main_end train B "$CONFIG_B" ${args_B[@]+"${args_B[@]}"} \
     --set "max_steps=$steps_B" & }
@@ -80,7 +80,7 @@ done
 echo "[$(elapsed) s] main runs done"
 
 heads_steps=$("$PY" -c "print(max(5, int(1200 * $SCALE)))")
-heads_end=$(( BUDGET - 10 - $(elapsed) ))
+heads_end=$(( BUDGET - 10 - $(elapsed) )); [ "$heads_end" -gt 0 ] || heads_end=1
 for run in A B; do
     if [ -f "$OUT/$run/model/gst/model.safetensors" ]; then
         LIMIT=$heads_end train "${run}_heads" training/configs/gpu/gst_heads.yaml --init-from "$OUT/$run/model/gst" \

@@ -79,3 +79,29 @@ def test_gpu_configs_fit_the_shipped_model():
     scratch = build_model_config(load_config(REPO / "training/configs/gpu/gst_scratch.yaml"), manifest)
     assert (scratch.dim, scratch.n_layer, scratch.n_head) == (320, 6, 5) and scratch.aligned_observation
     assert sum(p.numel() for p in GST(scratch).parameters()) == pytest.approx(9.95e6, rel=0.005)
+
+
+@pytest.mark.slow
+def test_gpu_train_script_exports_the_runs_its_budget_stopped(tmp_path):
+    """Step counts far beyond the budget (SCALE 100): both runs are stopped at the budget's end,
+    and each is exported from its last checkpoint (run A, which takes its sizes from INIT, too).
+    (SCALE also stretches the heads stage past the budget here; the test above covers heads.)"""
+    shards = make_shards(tmp_path / "shards")
+    init = tmp_path / "init"
+    train(tiny_cfg(shards, max_steps=5, model_overrides=SIZES, pose_aux_weight=1.0), init, progress=False)
+    out = tmp_path / "gpu"
+    overrides = json.dumps(SIZES, separators=(",", ":"))
+    env = {**os.environ, "PY": sys.executable, "INIT": str(init / "model"), "DEVICE": "cpu",
+           "PROBE_STEPS": "3", "SCALE": "100", "HEADS_S": "20", "BATCH": "4",
+           "EXTRA": "--set val_batches=1 --set num_workers=0 --set log_every=1 --set ckpt_every=2 "
+                    "--set val_every=1000000 "
+                    f"--set model_overrides={overrides}"}
+    proc = subprocess.run(["bash", "scripts/gpu_train.sh", str(shards), str(shards), str(out), "100"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    planned = re.search(r"A (\d+) steps, B (\d+) steps", proc.stdout)
+    for run, steps in zip("AB", map(int, planned.groups())):
+        assert f"run {run} did not finish: exporting its last checkpoint" in proc.stdout, proc.stdout
+        meta = json.loads((out / f"{run}/model/gst/config.json").read_text())
+        assert meta["config"]["dim"] == 32
+        assert 2 <= meta["trained_steps"] < steps
