@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train two transformers side by side on one GPU within a fixed wall-clock budget, then refit
-# their read-out heads: run A continues a shipped model (training/configs/gpu/gst_continue.yaml),
-# run B trains a wider one from scratch (gst_scratch.yaml); both then gst_heads.yaml. The number
+# their read-out heads: by default run A continues a shipped model (training/configs/gpu/
+# gst_continue.yaml) and run B trains a wider one from scratch (gst_scratch.yaml; with INIT_B it
+# continues a model too); both then gst_heads.yaml. The number
 # of optimizer steps is chosen from throughput measured here (a short probe of both runs at
 # once), so the cosine schedule ends inside the budget. docs/training.md, "One GPU lease".
 #
@@ -17,7 +18,7 @@
 # short). OUT_DIR/A and OUT_DIR/B are ordinary train_gst run directories (resumable; model/ is
 # the engine's model directory).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,19p "$0"; exit 2; }
 TRAIN=$1; VAL=$2; OUT=$3; BUDGET=${4:-480}
 PY=${PY:-python3}; INIT=${INIT:-models/gst_small}; DEVICE=${DEVICE:-cuda}
 PROBE_STEPS=${PROBE_STEPS:-60}; HEADS_S=${HEADS_S:-80}; SCALE=${SCALE:-1}; EXTRA=${EXTRA:-}

@@ -141,7 +141,6 @@ def test_kv_cache_matches_full_forward(task, options):
     assert (full - inc).abs().max().item() < 1e-4
 
 
-
 def test_kv_cache_under_bf16_autocast_matches_the_full_pass():
     """Cached decoding under bf16 autocast (what GSTEngine runs on CUDA) keeps the fp32 cache and
     follows the full bf16 pass: keys and values arrive in bf16 and are stored in the cache's dtype
@@ -165,6 +164,7 @@ def test_kv_cache_under_bf16_autocast_matches_the_full_pass():
     inc = torch.cat(parts, dim=1)
     assert full.abs().max() > 0.1
     torch.testing.assert_close(inc, full, atol=0.1, rtol=0.0)  # bf16 rounding, not a wrong cache
+
 
 def test_segment_embedding_tells_observation_from_target():
     """With segment_embedding the same image code at the same grid cell enters the network
