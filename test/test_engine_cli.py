@@ -91,9 +91,13 @@ def test_gst_view_pose_and_orbit(files, capsys):
     assert rec["samples"] == 4 and rec["spread_file"] == str(files["root"] / "view_spread.png")
     spread = cv2.imread(rec["spread_file"])
     assert spread.shape == (32, 32, 3) and (spread[..., 0] == spread[..., 2]).all() and spread.max() > 0
+    # and the sample closest to the requested camera: one draw, not the mean
+    sample = cv2.imread(rec["sample_file"])
+    assert rec["sample_file"] == str(files["root"] / "view_sample.png") and sample.shape == (32, 32, 3)
+    assert not np.array_equal(sample, img)
     assert main(argv + ["--pose", "0.1,0,0,0,0,0,1", "--json", "--samples", "1"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["samples"] == 1 and "spread_file" not in rec
+    assert rec["samples"] == 1 and "spread_file" not in rec and "sample_file" not in rec
     assert main(argv + ["--orbit", "20,10"]) == 0
     assert "mean of 4 samples" in capsys.readouterr().out
     assert main(argv + ["--orbit=-30,5"]) == 0  # a leading minus needs the `=` form

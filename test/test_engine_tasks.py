@@ -262,8 +262,44 @@ def test_expected_view_is_the_pixel_mean_and_spread_of_its_samples(engine):
     assert view.spread.max() > 0  # a random tiny model's draws differ
     np.testing.assert_array_equal(view.spread_image(), np.rint(view.spread).astype(np.uint8))
     assert singles.spread_image() is None
+    assert singles.consistent_sample is None and singles.consistency is None
+    # a model without a pose head ranks its draws by log p(c | view, o): the best is kept
+    loglik = generation.pose_log_likelihood(engine.model, engine.image_tokens(obs_sq).expand(3, -1), codes,
+                                            engine.camera_tokens(K_sq, TARGET_W2C).expand(3, -1))
+    np.testing.assert_allclose(view.consistency, loglik.double().numpy(), rtol=1e-5)
+    assert (view.consistency < 0).all()
+    np.testing.assert_array_equal(view.consistent_sample, draws[int(loglik.argmax())].astype(np.uint8))
     assert engine.config.view_samples == 4
     assert engine.predict_view(obs, TARGET_W2C, seed=5).samples == 4
+
+
+def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_path, monkeypatch):
+    """With a pose head a sampled view scores minus the angle (degrees) between the requested
+    rotation and the rotation the head reads from (observation, view); predict_view keeps the
+    view whose reading is closest."""
+    from gst_ros.engine import generation
+    from gst_ros.models.transformer import PoseReadout
+
+    model_dir = make_tiny_model(tmp_path, seed=4, name="cons", pose_head=True)
+    eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
+    # the head "reads" each of the 3 views as the requested rotation turned by 40, 5 and 90 deg
+    turns = [40.0, 5.0, 90.0]
+    R_req = TARGET_W2C[:3, :3]
+    read = [cv2.Rodrigues(np.array([0.0, math.radians(t), 0.0]))[0] @ R_req for t in turns]
+    monkeypatch.setattr(generation, "pose_readout",
+                        lambda model, o, i, symmetric=False: PoseReadout(torch.tensor(np.stack(read))))
+    view = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3)
+    np.testing.assert_allclose(view.consistency, [-t for t in turns], atol=1e-6)
+    monkeypatch.undo()
+    # the kept sample is the second draw (same generator state, drawn again here)
+    obs_sq, K_sq = eng.prepare(image(seed=2), K_WIDE)
+    codes = generation.novel_view(eng.model, eng.image_tokens(obs_sq).expand(3, -1),
+                                  eng.camera_tokens(K_sq, TARGET_W2C).expand(3, -1), eng.sampling,
+                                  torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(view.consistent_sample, eng._images(codes)[1])
+    # unmocked, the scores are angles in [0, 180] degrees, negated
+    real = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3).consistency
+    assert real.shape == (3,) and ((real <= 0) & (real >= -180)).all()
 
 
 def test_expected_view_of_identical_samples_is_that_sample():

@@ -36,6 +36,7 @@ def test_quick_pipeline_end_to_end(quick):
         assert math.isfinite(gst["PSNR"]) and -1 <= gst["SSIM"] <= 1
         mean4 = rows[("gst, mean of 4", group)]  # the expected view: an NVS-only row
         assert math.isfinite(mean4["PSNR"]) and mean4["pairs"] == 0
+        assert math.isfinite(rows[("gst, most consistent of 4", group)]["PSNR"])
         # identity's error is each pair's angular baseline: it scores only pairs closer than 15 degrees
         ident = [r for r in csv.DictReader(open(out / "eval" / "per_pair.csv")) if r["method"] == "identity"]
         for r in ident:
@@ -45,7 +46,8 @@ def test_quick_pipeline_end_to_end(quick):
     grid = (out / "eval" / "grids" / "nvs_observation_truth_prediction.png")
     import cv2
 
-    assert cv2.imread(str(grid)).shape[1] == 4 * 32 + 5 * 2  # observation | truth | 1 sample | mean of 4
+    # observation | truth | 1 sample | mean of 4 | most consistent of 4
+    assert cv2.imread(str(grid)).shape[1] == 5 * 32 + 6 * 2
     assert (out / "gst" / "train_log.csv").is_file() and (out / "data" / "preview.png").is_file()
     # a re-run skips every finished stage and reproduces the table
     again = pipeline.run_pipeline(out, pipeline.QUICK, seed=0, progress=False)

@@ -72,6 +72,7 @@ def running(model_dir, tmp_path_factory):
             "goal_image": probe.record(Image, "gst/goal_view/image"),
             "goal_info": probe.record(CameraInfo, "gst/goal_view/camera_info"),
             "goal_spread": probe.record(Image, "gst/goal_view/spread"),
+            "goal_sample": probe.record(Image, "gst/goal_view/sample"),
             "diag": probe.record(DiagnosticArray, "/diagnostics"),
         }
         pubs = {
@@ -193,7 +194,8 @@ def test_goal_pose_gets_predicted_view(running):
     goal.pose.orientation.y, goal.pose.orientation.w = math.sin(0.15), math.cos(0.15)
     pubs["goal"].publish(goal)
     probe.spin_until(lambda: rec["goal_image"] and rec["goal_info"] and rec["goal_spread"]
-                     and _transforms(rec["tf"], "gst_goal"), 60, proc, "the goal's predicted view")
+                     and rec["goal_sample"] and _transforms(rec["tf"], "gst_goal"), 60, proc,
+                     "the goal's predicted view")
     img = rec["goal_image"][-1]
     assert (img.width, img.height, img.header.frame_id, img.header.stamp.sec) == (32, 32, "gst_goal", 42)
     # the expected view of view_samples (default 4) samples comes with their per-pixel spread
@@ -201,6 +203,11 @@ def test_goal_pose_gets_predicted_view(running):
     assert (spread.width, spread.height, spread.encoding) == (32, 32, "mono8")
     assert spread.header.frame_id == "gst_goal"
     assert 0 < max(spread.data) <= 128  # a random tiny model's samples differ; a std of 0-255 values <= 127.5
+    # and the sample closest to the goal camera: one of them, not their mean
+    sample = rec["goal_sample"][-1]
+    assert (sample.width, sample.height, sample.encoding) == (32, 32, "rgb8")
+    assert (sample.header.frame_id, sample.header.stamp.sec) == ("gst_goal", 42)
+    assert bytes(sample.data) != bytes(img.data)
     t = _transforms(rec["tf"], "gst_goal")[-1].transform
     # the requested pose comes back unchanged (scaled down for the model, up again for TF)
     assert np.allclose([t.translation.x, t.translation.y, t.translation.z], [0.6, 0.0, -0.4], atol=1e-6)

@@ -26,11 +26,13 @@ Novel views: engine.predict_view(observation, true camera j) against the true vi
 resolution: PSNR, SSIM, LPIPS when VGG weights are given (training/image_metrics.py); the
 "copy observation" baseline scores the observation itself as the prediction. One row per entry
 of --view-samples: "gst" is a single sampled view (the paper's protocol), "gst, mean of k" the
-per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view_samples).
+per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view_samples), and
+with it "gst, most consistent of k": the one of those k samples the model places closest to the
+requested camera (PredictedView.consistent_sample, GSTEngine.view_consistency).
 
 Writes into --out: results.md and results.csv (summary tables), per_pair.csv (every ordered
 pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png (rows of
-observation | truth | prediction per --view-samples entry).
+observation | truth | prediction per NVS row).
 """
 from __future__ import annotations
 
@@ -204,6 +206,12 @@ def view_method(view_samples: int) -> str:
     return "gst" if view_samples == 1 else f"gst, mean of {view_samples}"
 
 
+def consistent_view_method(view_samples: int) -> str:
+    """The NVS row name of the sample predict_view keeps among `view_samples` (> 1) as the one
+    closest to the requested camera (PredictedView.consistent_sample)."""
+    return f"gst, most consistent of {view_samples}"
+
+
 def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples: int = 4,
                     seed: int = 0, nvs: bool = True, lpips: LPIPSMetric | None = None,
                     progress: bool = True, view_samples=(1,)) -> dict:
@@ -241,9 +249,13 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
             obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
             for j in range(1, n):
                 truth, _ = center_crop_resize(scene.images[j], scene.K[j], size)
-                preds = [(view_method(k), engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0],
-                                                              K_target=scene.K[j], seed=seed + j,
-                                                              samples=k).image) for k in view_samples]
+                preds = []
+                for k in view_samples:
+                    view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
+                                               seed=seed + j, samples=k)
+                    preds.append((view_method(k), view.image))
+                    if k > 1:
+                        preds.append((consistent_view_method(k), view.consistent_sample))
                 for method, img in preds + [("copy observation", obs_sq)]:
                     row = {"method": method, "group": scene.group, "category": scene.category,
                            "scene": scene.scene_id, "j": j, "psnr": float(psnr(img, truth)[0]),
@@ -354,7 +366,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
     ap.add_argument("--view-samples", default="1,4", metavar="K[,K...]",
                     help="sampled views averaged per predicted view, one NVS row per entry "
-                         "(1 = a single sample, 'gst'; k > 1 = 'gst, mean of k')")
+                         "(1 = a single sample, 'gst'; k > 1 = 'gst, mean of k' and 'gst, most "
+                         "consistent of k')")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")

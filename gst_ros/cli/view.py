@@ -22,7 +22,9 @@ The predicted view is written as a PNG at the model's resolution (square); its i
 the observation's after the centre crop and resize (printed). With --samples N > 1 (default 4)
 it is the per-pixel mean of N sampled views (the expected view), and their per-pixel standard
 deviation is written beside it as <out>_spread.png (grey level = deviation in 0-255 intensity
-units: bright where the model is unsure); --samples 1 writes one sample.
+units: bright where the model is unsure) and the one sample the model places closest to the
+requested camera (the pose it reads back from that sample is nearest the one asked for: a sharp
+view from the requested side) as <out>_sample.png; --samples 1 writes one sample.
 """
 from __future__ import annotations
 
@@ -105,13 +107,15 @@ def run(args) -> int:
     if grey is not None:
         spread_path = path.with_name(path.stem + "_spread.png")
         rec["spread_file"] = str(save_png(spread_path, np.repeat(grey[..., None], 3, axis=-1)))
+        rec["sample_file"] = str(save_png(path.with_name(path.stem + "_sample.png"), view.consistent_sample))
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
         p, q = rec["position"], rec["quaternion_xyzw"]
         what = f"mean of {view.samples} samples" if view.samples > 1 else "one sample"
         print(f"wrote {path} ({view.image.shape[1]}x{view.image.shape[0]}, {what})"
-              + (f" and {rec['spread_file']}" if "spread_file" in rec else ""))
+              + (f", {rec['spread_file']} and {rec['sample_file']} (most consistent sample)"
+                 if "spread_file" in rec else ""))
         print("camera position " + " ".join(f"{v:+.4f}" for v in p)
               + "  quaternion (xyzw) " + " ".join(f"{v:+.4f}" for v in q))
         print(f"K fx={view.K[0, 0]:.2f} fy={view.K[1, 1]:.2f} cx={view.K[0, 2]:.2f} cy={view.K[1, 2]:.2f}")

@@ -63,7 +63,7 @@ from gst_ros.geometry import (
     so3_log,
 )
 from gst_ros.geometry.errors import as_array
-from gst_ros.geometry.rotations import rotation_from_covariance
+from gst_ros.geometry.rotations import geodesic_angle, rotation_from_covariance
 from gst_ros.models.io import (
     ModelFormatError,
     config_from_dict,
@@ -159,6 +159,12 @@ class PredictedView:
                                        # sampled views (mean over R, G, B; 0-255 intensity units);
                                        # None for a single sample
     samples: int = 1                   # how many sampled views `image` averages
+    consistent_sample: np.ndarray | None = None  # (S,S,3) uint8 RGB: of those sampled views, the
+                                       # one the model places closest to the requested camera
+                                       # (GSTEngine.view_consistency): a sharp view from the
+                                       # requested side; None for a single sample
+    consistency: np.ndarray | None = None  # (k,) float64 per sampled view, higher = closer to the
+                                       # requested camera (view_consistency); None for one sample
 
     def spread_image(self) -> np.ndarray | None:
         """`spread` as an (S,S) uint8 grey image (value = standard deviation in 0-255 intensity
@@ -612,7 +618,10 @@ class GSTEngine:
         `samples` (default EngineConfig.view_samples) views are drawn from p(i | c, o) in one batch;
         with more than one, `image` is their per-pixel mean (the expected view: smoother than any
         one sample, closer to the truth in squared error) and `spread` their per-pixel standard
-        deviation (where the model is unsure what it will see)."""
+        deviation (where the model is unsure what it will see), and `consistent_sample` is the
+        one sample the model places closest to the requested camera (view_consistency; its
+        scores in `consistency`): sharper than the mean, and a better single view than a random
+        sample."""
         samples = self.config.view_samples if samples is None else samples
         _check_count(samples, "samples")
         w2c = as_array(w2c_target, "w2c_target", (4, 4))
@@ -629,8 +638,32 @@ class GSTEngine:
         views = self._images(codes)
         if samples == 1:
             return PredictedView(image=views[0], K=K_sq, w2c=w2c)
+        with self._autocast():
+            consistency = self.view_consistency(obs_tok, codes, cam_tok, w2c)
         image, spread = expected_view(views)
-        return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples)
+        return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples,
+                             consistent_sample=views[int(np.argmax(consistency))], consistency=consistency)
+
+    def view_consistency(self, observation_codes: torch.Tensor, view_codes: torch.Tensor,
+                         camera_codes: torch.Tensor, w2c_target: np.ndarray) -> np.ndarray:
+        """(k,) float64 scores of k sampled views (image codes (k, n)) of the camera `w2c_target`
+        ((4,4), world = observation camera frame, OpenCV axes; its raw camera codes (1, n)) given
+        the observation (image codes (1, n)): how well the model's own pose reading of each view
+        agrees with the requested camera; higher = closer. With a pose head: minus the geodesic
+        angle (degrees) between the requested rotation and the head's rotation read from
+        (observation, view) (generation.pose_readout, both ways when EngineConfig.pose_symmetric);
+        without one: log p(c | view, o) in nats (generation.pose_log_likelihood). Keeping the
+        best of 8 samples this way lifts one view's PSNR by ~0.4-0.5 dB over a random sample
+        (model card)."""
+        k = view_codes.shape[0]
+        obs = observation_codes.expand(k, -1)
+        if self.model.pose_head is None:
+            loglik = generation.pose_log_likelihood(self.model, obs, view_codes, camera_codes.expand(k, -1))
+            return loglik.double().cpu().numpy()
+        readout = generation.pose_readout(self.model, obs, view_codes, self.config.pose_symmetric)
+        R_read = rotation_from_covariance(readout.rotation.double())
+        R_req = torch.as_tensor(np.asarray(w2c_target, dtype=np.float64)[:3, :3])
+        return -np.degrees(geodesic_angle(R_read, R_req.expand_as(R_read)).numpy())
 
     def propose_views(self, observation, n: int = 4, K_obs=None, seed=None) -> list[PredictedView]:
         """n viewpoints sampled from p(c | o) ([o, <GEN>] -> c), each with its view from

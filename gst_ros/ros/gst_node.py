@@ -17,7 +17,8 @@ Topics (relative names, remap as usual):
        gst/goal  geometry_msgs/PoseStamped: a camera pose in reference_frame -> predicted view
   out  /tf, /tf_static (tf2_msgs/TFMessage), gst/<camera>/pose (PoseWithCovarianceStamped),
        gst/candidate_<i>/image + camera_info, gst/candidates/poses (PoseArray),
-       gst/markers (MarkerArray: frustums), gst/goal_view/image + camera_info, /diagnostics,
+       gst/markers (MarkerArray: frustums), gst/goal_view/image + camera_info (+ spread and
+       sample with view_samples > 1), /diagnostics,
        gst/reference/current (the reference image with its original stamp; transient local)
   srv  gst/set_reference (std_srvs/Trigger): the latest frame of `reference_camera` becomes the
        reference.
@@ -296,6 +297,7 @@ class GSTNode(LifecycleNode):
             "goal_image": self.create_publisher(Image, "gst/goal_view/image", out),
             "goal_info": self.create_publisher(CameraInfo, "gst/goal_view/camera_info", out),
             "goal_spread": self.create_publisher(Image, "gst/goal_view/spread", out),
+            "goal_sample": self.create_publisher(Image, "gst/goal_view/sample", out),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", out),
         }
         for c in self.cameras:
@@ -564,6 +566,8 @@ class GSTNode(LifecycleNode):
         spread = view.spread_image()  # mono8: the samples' standard deviation in 0-255 intensity units
         if spread is not None:
             self._gst_pubs["goal_spread"].publish(numpy_to_image(spread, stamp, frame_id, encoding="mono8"))
+            # the one sample the model places closest to the goal camera: sharp, from the goal's side
+            self._gst_pubs["goal_sample"].publish(numpy_to_image(view.consistent_sample, stamp, frame_id))
         self._gst_pubs["markers"].publish(frustum_array(
             [(view.K, size, size, np.linalg.inv(w2c))], frame_id=self.reference_frame, stamp=stamp, ns="goal",
             depth=float(self.p("frustum_depth")), color=GOAL_COLOR))

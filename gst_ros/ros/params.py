@@ -43,7 +43,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("pose_mirror", True, "head read-outs with a centre head: also read the pair mirrored left-right "
           "(both images flipped) and average the estimate mapped back (one batch)"),
     Param("view_samples", 4, "sampled views averaged into a goal view (its per-pixel expected value; "
-          "their per-pixel spread goes to gst/goal_view/spread); 1 = one sample", range=(1, 64)),
+          "their per-pixel spread goes to gst/goal_view/spread, the one the model places closest to the "
+          "goal camera to gst/goal_view/sample); 1 = one sample", range=(1, 64)),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
