@@ -7,6 +7,7 @@ ROS topic, goes through the same steps so training and inference see the same pi
     center_crop_resize(image, K, size)    square centre crop, resize to size x size, K adjusted
     to_model_tensor(images)               uint8 (..., H, W, 3) -> float32 torch (..., 3, H, W) in [-1, 1]
     from_model_tensor(tensor)             the inverse (rounded, clipped) for saving PNGs
+    psnr_uint8(a, b)                      PSNR in dB of two uint8 images of one shape
 
 Intrinsics follow gst_ros.geometry: K is 3x3 in pixels, OpenCV / ROS CameraInfo convention,
 pixel (u, v) = (column, row) and the centre of the top-left pixel is (0, 0). The crop/resize K
@@ -106,3 +107,12 @@ def from_model_tensor(tensor: torch.Tensor) -> np.ndarray:
         raise ValueError(f"from_model_tensor: expected a torch tensor (...,3,H,W), got {shape}")
     x = (tensor.detach().to("cpu", torch.float32) + 1.0) * 127.5
     return x.round().clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images of one shape (data range 255; inf when equal). The
+    training evaluation's batched metric is training.image_metrics.psnr."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr_uint8: shapes differ, {a.shape} vs {b.shape}")
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))

@@ -1,8 +1,10 @@
 """The README's main job on the embedded default: the simulated camera streams to gst_node with
 the SHIPPED model (models/gst_small), and the demo finishes by itself with a summary, per-frame
-errors and a montage of candidate views. A short run (a few frames) of exactly `gst demo`."""
+errors, a montage of candidate views and the view predicted for a frame's true pose. A short run
+(a few frames) of exactly `gst demo`."""
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,4 +39,12 @@ def test_demo_runs_on_the_shipped_model(tmp_path):
     errs = np.array([float(r["rot_err_deg"]) for r in rows])
     assert np.all(np.isfinite(errs)) and np.all((errs >= 0) & (errs <= 180))
     assert (out / "candidates.png").stat().st_size > 1000
-    assert "rot" in (out / "summary.txt").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert "rot" in summary
+    # "what will I see?": the node's answer to a goal at a frame's true pose, scored against that frame
+    assert "goal view from a camera turned" in summary and "most consistent sample" in summary
+    psnrs = [float(x) for x in re.findall(r"(-?[\d.]+) dB", summary)]
+    assert len(psnrs) == 3 and all(5.0 < p < 60.0 for p in psnrs)
+    from PIL import Image
+
+    assert Image.open(out / "goal_view.png").size == (4 * (256 + 8) + 8, 256 + 16)

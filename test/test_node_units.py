@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 
 pytest.importorskip("rclpy")
 
-from gst_ros.geometry import intrinsics_from_fov, invert_pose, look_at, project_points  # noqa: E402
-from gst_ros.ros.demo import baseline_deg, montage, pose_errors, summarize  # noqa: E402
+from gst_ros.geometry import GeometryError, intrinsics_from_fov, invert_pose, look_at, project_points  # noqa: E402
+from gst_ros.ros.demo import (  # noqa: E402
+    baseline_deg,
+    goal_from_ground_truth,
+    montage,
+    pose_errors,
+    summarize,
+)
 from gst_ros.ros.gst_node import classify_problem, scale_covariance, scale_translation  # noqa: E402
 from gst_ros.ros.markers import frustum_array, frustum_segments  # noqa: E402
 from gst_ros.ros.worker import LatestItemWorker  # noqa: E402
@@ -153,3 +159,20 @@ def test_demo_summary_and_montage():
     assert m.shape == (64 + 16, 3 * 72 + 8, 3) and m.dtype == np.uint8
     assert (m[8:72, 8:72] == 0).all() and (m[8:72, 80:144] == 200).all()
     assert tuple(m[5, 40]) == (220, 30, 30)            # the reference's red border
+
+
+def test_demo_goal_is_the_true_camera_in_the_models_frame_and_scale():
+    """Cameras on an orbit of radius 2.5 around (1, 2, 0): the goal is the true relative camera
+    with translations in units of the reference's distance to that centre (the model's scale)."""
+    center = np.array([1.0, 2.0, 0.0])
+    ring = [center + 2.5 * np.array([math.cos(a), math.sin(a), 0.3]) / np.linalg.norm([1, 0, 0.3])
+            for a in np.radians([0, 40, 75, 130, 200])]
+    w2c = [look_at(c, center) for c in ring]
+    goal = goal_from_ground_truth(w2c[0], w2c[2], w2c[1:2] + w2c[3:])
+    rel = w2c[2] @ np.linalg.inv(w2c[0])
+    np.testing.assert_allclose(goal[:3, :3], rel[:3, :3], atol=1e-9)
+    np.testing.assert_allclose(goal[:3, 3], rel[:3, 3] / 2.5, atol=1e-9)
+    # the scene centre sits 1 unit in front of the reference camera, and 1 unit from the goal camera
+    np.testing.assert_allclose(goal[:3, :3] @ [0.0, 0.0, 1.0] + goal[:3, 3], [0.0, 0.0, 1.0], atol=1e-9)
+    with pytest.raises(GeometryError):   # parallel optical axes fix no centre
+        goal_from_ground_truth(np.eye(4), np.eye(4), np.empty((0, 4, 4)))

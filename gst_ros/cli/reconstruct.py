@@ -21,14 +21,6 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
 
 
-def psnr_uint8(a, b) -> float:
-    """PSNR in dB between two uint8 images of one shape (data range 255)."""
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))
-
-
 def run(args) -> int:
     import numpy as np
     from PIL import Image
@@ -38,7 +30,13 @@ def run(args) -> int:
     from gst_ros.models.io import ModelFormatError
     from gst_ros.models.quantizer import codebook_usage
     from gst_ros.models.tokenizer import ImageTokenizer
-    from gst_ros.preprocess import ImageReadError, center_crop_resize, from_model_tensor, load_image
+    from gst_ros.preprocess import (
+        ImageReadError,
+        center_crop_resize,
+        from_model_tensor,
+        load_image,
+        psnr_uint8,
+    )
 
     try:
         rgb = load_image(args.image)

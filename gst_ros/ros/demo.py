@@ -13,8 +13,16 @@ relative_pose(w2c_ref, w2c_t) = w2c_t @ inv(w2c_ref) (world = the reference came
 frame, as the node's), and the error is the geodesic angle between its rotation and the estimate's.
 Latency = arrival of the estimate - image stamp (both this machine's system clock).
 
+"What will I see?" with the truth beside it: after the last estimate the demo sends gst/goal the
+true pose of one of the last frames it received (its ground truth relative to the reference,
+normalised as the model's scenes are: the reference camera 1 unit from the point its optical
+axis and the other cameras' axes pass nearest, gst_ros.geometry.normalize_scene) and scores the
+node's answer on gst/goal_view/image (the expected view) and gst/goal_view/sample (the sample
+closest to the goal camera) against that frame, with copying the reference as the baseline.
+
 Outputs in --out (default outputs/demo): frames.csv (one row per estimate), candidates.png (the
-reference view and the candidate views the node proposed), summary.txt.
+reference view and the candidate views the node proposed), goal_view.png (reference | truth from
+the goal camera | expected view | most consistent sample), summary.txt.
 """
 from __future__ import annotations
 
@@ -28,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gst_ros.ros.params import BY_NAME
 from gst_ros.ros.stack import CAMERA, Stack, node_parameters, ros_env, sim_parameters
 
 SIM_CAMERA_FRAME = "sim_camera_optical_frame"
 SIM_WORLD_FRAME = "world"
+FRAMES_KEPT = 10   # simulator images the probe keeps (the newest), for the goal view's truth
 
 
 @dataclass
@@ -117,19 +127,32 @@ def montage(reference: np.ndarray | None, views: list[np.ndarray], tile: int = 2
     return out
 
 
+def goal_from_ground_truth(w2c_ref_gt: np.ndarray, w2c_goal_gt: np.ndarray, w2c_others_gt) -> np.ndarray:
+    """(4,4) w2c of the goal camera in the model's frame and scale: relative to the reference
+    camera (world = the reference optical frame, OpenCV axes), translation in units of the
+    reference camera's distance to the scene centre, the point nearest every camera's optical
+    axis (reference, goal and `w2c_others_gt` (N,4,4), all world-to-camera in the simulator's
+    world; gst_ros.geometry.normalize_scene). GeometryError when the axes fix no centre."""
+    from gst_ros.geometry import normalize_scene
+
+    others = np.asarray(w2c_others_gt, dtype=np.float64).reshape(-1, 4, 4)
+    rel, _ = normalize_scene(np.concatenate([np.stack([w2c_ref_gt, w2c_goal_gt]), others]), mode="center")
+    return rel[1]
+
+
 class _Probe:
     """The demo's listener (its own rclpy context)."""
 
     def __init__(self, candidates: int):
         import rclpy
-        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
         from std_srvs.srv import Trigger
         from tf2_msgs.msg import TFMessage
 
         from gst_ros.ros.conversions import image_to_numpy, stamp_to_nanoseconds, transform_stamped_to_w2c
-        from gst_ros.ros.qos import latched_qos, output_qos, tf_qos
+        from gst_ros.ros.qos import image_qos, latched_qos, output_qos, tf_qos
 
         self._rclpy = rclpy
         self.context = rclpy.Context()
@@ -141,6 +164,8 @@ class _Probe:
         self.poses: list = []
         self.reference = None
         self.candidates: dict[int, np.ndarray] = {}
+        self.frames: dict[int, np.ndarray] = {}       # stamp ns -> the simulator's image (the last few)
+        self.goal_view: dict[str, np.ndarray] = {}     # "image" / "sample" -> the node's answer
         self._ns, self._to_w2c, self._to_rgb = stamp_to_nanoseconds, transform_stamped_to_w2c, image_to_numpy
 
         def on_tf(msg):
@@ -154,6 +179,14 @@ class _Probe:
         def on_candidate(i):
             return lambda msg: self.candidates.__setitem__(i, self._to_rgb(msg))
 
+        def on_frame(msg):
+            self.frames[self._ns(msg.header.stamp)] = self._to_rgb(msg)
+            for old in sorted(self.frames)[:-FRAMES_KEPT]:
+                del self.frames[old]
+
+        def on_goal_view(kind):
+            return lambda msg: self.goal_view.__setitem__(kind, self._to_rgb(msg))
+
         n = self.node
         self._set_reference = n.create_client(Trigger, "gst/set_reference")
         self._request, self._request_sent = None, 0.0
@@ -163,6 +196,10 @@ class _Probe:
                               latched_qos())
         for i in range(candidates):
             n.create_subscription(Image, f"gst/candidate_{i}/image", on_candidate(i), latched_qos())
+        n.create_subscription(Image, f"{CAMERA}/image_raw", on_frame, image_qos("sensor_data", 5))
+        for kind in ("image", "sample"):
+            n.create_subscription(Image, f"gst/goal_view/{kind}", on_goal_view(kind), output_qos())
+        self.goal = n.create_publisher(PoseStamped, "gst/goal", output_qos())
 
     def request_reference(self) -> None:
         """Ask gst_node (gst/set_reference) to take its latest frame as the reference; re-sent
@@ -181,6 +218,38 @@ class _Probe:
         self._request = self._set_reference.call_async(Trigger.Request())
         self._request_sent = time.monotonic()
 
+    def ask_goal_view(self, ref_ns: int, reference_frame: str, timeout_s: float = 120.0):
+        """Send gst/goal the true pose of the newest frame with ground truth after the reference
+        (goal_from_ground_truth) and wait for the node's expected view and most consistent
+        sample. Returns (goal frame stamp ns, its image, turned deg) or None when no such frame
+        is here or the scene centre is undetermined; the answer lands in self.goal_view."""
+        from geometry_msgs.msg import PoseStamped
+
+        from gst_ros.geometry import GeometryError
+        from gst_ros.ros.conversions import stamp_from_nanoseconds, w2c_to_pose
+
+        stamps = [s for s in sorted(self.frames) if s > ref_ns and s in self.gt]
+        if not stamps or ref_ns not in self.gt:
+            return None
+        ns = stamps[-1]
+        frame = self.frames[ns]   # kept now: newer frames push it out while the node answers
+        others = [self.gt[s] for s in sorted(self.gt) if s not in (ref_ns, ns)]
+        try:
+            goal = goal_from_ground_truth(self.gt[ref_ns], self.gt[ns], others)
+        except GeometryError:
+            return None
+        msg = PoseStamped()
+        msg.header.frame_id, msg.header.stamp = reference_frame, stamp_from_nanoseconds(ns)
+        msg.pose = w2c_to_pose(goal)
+        end = time.monotonic() + timeout_s
+        while self.goal.get_subscription_count() == 0 and time.monotonic() < end:
+            self.spin(0.1)
+        self.goal_view.clear()
+        self.goal.publish(msg)
+        while len(self.goal_view) < 2 and time.monotonic() < end:
+            self.spin(0.1)
+        return ns, frame, baseline_deg(self.gt[ref_ns], self.gt[ns])
+
     def spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -190,6 +259,41 @@ class _Probe:
         self.executor.shutdown()
         self.node.destroy_node()
         self._rclpy.shutdown(context=self.context)
+
+
+def goal_view_report(goal, probe: _Probe, out: Path) -> str | None:
+    """Score the node's answer to the demo's goal (ask_goal_view) against the simulator's frame
+    from that camera, at the model resolution: PSNR of the expected view and of the most
+    consistent sample, and of the reference copied as the prediction; writes goal_view.png
+    (reference | truth | expected view | most consistent sample). None (after saying why) when
+    there was no goal or no answer."""
+    from PIL import Image as PILImage
+
+    from gst_ros.geometry import intrinsics_from_fov
+    from gst_ros.preprocess import center_crop_resize, psnr_uint8
+    from gst_ros.ros.conversions import image_to_numpy
+
+    if goal is None or "image" not in probe.goal_view or probe.reference is None:
+        print("[demo] no goal view (no frame with ground truth, or no answer from gst_node)", file=sys.stderr)
+        return None
+    _, frame, turned = goal
+    expected = probe.goal_view["image"]
+    size = expected.shape[0]
+
+    def at_model_size(img):   # the node's centre crop and resize (the intrinsics are not used)
+        return center_crop_resize(img, intrinsics_from_fov(49.1, img.shape[1], img.shape[0]), size)[0]
+
+    truth, ref = at_model_size(frame), at_model_size(image_to_numpy(probe.reference))
+    views = [truth, expected] + ([probe.goal_view["sample"]] if "sample" in probe.goal_view else [])
+    PILImage.fromarray(montage(ref, views)).save(out / "goal_view.png")
+    text = (f"goal view from a camera turned {turned:.0f} deg from the reference: PSNR expected view "
+            f"{psnr_uint8(expected, truth):.2f} dB"
+            + (f", most consistent sample {psnr_uint8(probe.goal_view['sample'], truth):.2f} dB"
+               if "sample" in probe.goal_view else "")
+            + f", copying the reference {psnr_uint8(ref, truth):.2f} dB")
+    print(f"[demo] {text}\n[demo] wrote {out / 'goal_view.png'} (reference in red | truth | expected view | "
+          f"most consistent sample)")
+    return text
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -213,7 +317,7 @@ def run_demo(cfg: DemoConfig) -> int:
                             "pose_samples": cfg.samples, "candidate_count": cfg.candidates,
                             "candidate_period_s": 0.0, "reference_from_first_frame": False})
     sim = sim_parameters(cfg.rate_hz, cfg.size, cfg.size, cfg.seed)
-    rows, rot_errs, latencies, baselines = [], [], [], []
+    rows, rot_errs, latencies, baselines, goal = [], [], [], [], None
     probe = _Probe(cfg.candidates)
     try:
         with Stack(node, sim, out, env) as stack:
@@ -262,6 +366,7 @@ def run_demo(cfg: DemoConfig) -> int:
             deadline = time.monotonic() + 120
             while len(probe.candidates) < cfg.candidates and time.monotonic() < deadline and not stack.dead():
                 probe.spin(0.2)
+            goal = probe.ask_goal_view(ref_ns, BY_NAME["reference_frame"].default)
     except KeyboardInterrupt:
         print("[demo] interrupted", file=sys.stderr)
     finally:
@@ -278,6 +383,7 @@ def run_demo(cfg: DemoConfig) -> int:
         views = [probe.candidates[i] for i in sorted(probe.candidates)]
         PILImage.fromarray(montage(ref, views)).save(out / "candidates.png")
         print(f"[demo] wrote {out / 'candidates.png'} (reference in red, then {len(views)} candidate views)")
+    goal_text = goal_view_report(goal, probe, out)
     if not rows:
         print("[demo] no estimates", file=sys.stderr)
         return 1
@@ -288,6 +394,6 @@ def run_demo(cfg: DemoConfig) -> int:
             f"mean {s['rot_err_mean_deg']:.2f} deg; accuracy @15 {100 * s['acc_at_15']:.1f}%, "
             f"@30 {100 * s['acc_at_30']:.1f}%; latency p50 {s['latency_p50_ms']:.0f} ms, "
             f"p90 {s['latency_p90_ms']:.0f} ms, max {s['latency_max_ms']:.0f} ms")
-    (out / "summary.txt").write_text(text + "\n")
+    (out / "summary.txt").write_text(text + "\n" + (goal_text + "\n" if goal_text else ""))
     print(f"[demo] {text}\n[demo] per-frame log: {out / 'frames.csv'}")
     return 0 if len(rows) >= cfg.frames else 1
