@@ -142,6 +142,8 @@ class PoseEstimate:
                                # the heads' predicted RMS rotation deviation
     latency_s: float
     uncertainty_from: str = "samples"  # "samples" (their spread) or "heads" (head_pose_estimate)
+    keyframe: int = 0          # 0 = read directly against the reference; k > 0 = chained through
+                               # keyframe k of a KeyframeTracker (gst_ros.engine.tracking)
 
     def camera_to_reference(self) -> np.ndarray:
         """(4,4) = inv(w2c): the camera's pose in the reference (observation) frame, i.e. the TF
@@ -295,15 +297,30 @@ def head_pose_estimate(readout: PoseReadout, rotation_var_scale: float = 1.0,
     per_axis = min(float(np.abs(1.0 - shrink).sum()) / 3.0, math.pi ** 2)
     S = per_axis * rotation_var_scale * np.eye(3)
     P = np.diag(np.exp(np.clip(log_var, -30.0, 10.0))) * center_var_scale
-    cov = np.zeros((6, 6))
-    cov[:3, :3] = P + POSITION_VAR_FLOOR * np.eye(3)
-    cov[3:, 3:] = S + ROTATION_VAR_FLOOR * np.eye(3)
-    rms_rot_deg = math.degrees(math.sqrt(float(np.trace(S))))
-    rms_pos = math.sqrt(float(np.trace(P)))
-    confidence = math.exp(-rms_rot_deg / CONF_ROT_DEG) * math.exp(-rms_pos / CONF_POS)
+    cov = _blocks(P + POSITION_VAR_FLOOR * np.eye(3), S + ROTATION_VAR_FLOOR * np.eye(3))
+    confidence, rms_rot_deg = confidence_from_covariance(_blocks(P, S))  # without the floors
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, -R @ C
-    return w2c, cov, float(confidence), rms_rot_deg
+    return w2c, cov, confidence, rms_rot_deg
+
+
+def _blocks(P: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """(6,6) block-diagonal covariance of a (3,3) centre block P and a (3,3) rotation block S."""
+    cov = np.zeros((6, 6))
+    cov[:3, :3], cov[3:, 3:] = P, S
+    return cov
+
+
+def confidence_from_covariance(covariance: np.ndarray) -> tuple[float, float]:
+    """(confidence in [0, 1], RMS rotation deviation in degrees) of a pose covariance (6,6), ROS
+    order [x, y, z, rot_x, rot_y, rot_z]: rms_rot_deg = sqrt(trace of the rotation block) in
+    degrees, rms_pos = sqrt(trace of the centre block) (unit scene scale), confidence =
+    exp(-rms_rot_deg / CONF_ROT_DEG) * exp(-rms_pos / CONF_POS) (the sample path's formula with
+    predicted deviations in place of the samples' spreads)."""
+    cov = np.asarray(covariance, dtype=np.float64)
+    rms_rot_deg = math.degrees(math.sqrt(max(float(np.trace(cov[3:, 3:])), 0.0)))
+    rms_pos = math.sqrt(max(float(np.trace(cov[:3, :3])), 0.0))
+    return float(math.exp(-rms_rot_deg / CONF_ROT_DEG) * math.exp(-rms_pos / CONF_POS)), rms_rot_deg
 
 
 POSE_CALIBRATION_KEYS = ("rotation_var_scale", "center_var_scale")

@@ -42,6 +42,7 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
+from gst_ros.engine.tracking import KeyframeTracker
 from gst_ros.ros import params as P
 from gst_ros.ros.conversions import (
     ConversionError,
@@ -125,6 +126,7 @@ class GSTNode(LifecycleNode):
         self._ref_K_size: tuple[int, int] | None = None
         self._camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
         self._latest: dict[str, Frame] = {}
+        self._trackers: dict[str, tuple[int, KeyframeTracker]] = {}   # camera -> (reference version, tracker)
         self._worker: LatestItemWorker | None = None
         self._gst_subs, self._gst_timers, self._gst_pubs, self._gst_services = [], [], {}, []
         self._last_log: dict[str, float] = {}
@@ -207,6 +209,7 @@ class GSTNode(LifecycleNode):
             self._reference = None
         self._latest.clear()
         self._camera_K.clear()
+        self._trackers.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
@@ -492,13 +495,24 @@ class GSTNode(LifecycleNode):
         if max_age > 0 and time.monotonic() - frame.received > max_age:
             stats.on_dropped(stale=True)
             return
-        est = self.engine.estimate_pose(ref.image, frame.image, K_obs=ref.K, K_target=frame.K,
-                                        samples=int(self.p("pose_samples")))
+        tracker = self._tracker(frame.camera, ref)
+        est = tracker.estimate(frame.image, frame.K, samples=int(self.p("pose_samples")))
         t_inferred = time.monotonic()
         self.publish_estimate(frame, est)
         done = time.monotonic()
         # latency: arrival -> published; the node's own overhead: conversion + publishing
         stats.on_processed(done - frame.received, frame.convert_s + (done - t_inferred))
+
+    def _tracker(self, camera: str, ref: Reference) -> KeyframeTracker:
+        """The camera's KeyframeTracker on the current reference (a new reference starts it afresh:
+        its keyframes were relative to the old one), with keyframe_deg as set now (worker thread)."""
+        version, tracker = self._trackers.get(camera, (None, None))
+        if tracker is None or version != ref.version or tracker.engine is not self.engine:
+            tracker = KeyframeTracker(self.engine)
+            tracker.set_reference(ref.image, ref.K)
+            self._trackers[camera] = (ref.version, tracker)
+        tracker.keyframe_deg = float(self.p("keyframe_deg"))
+        return tracker
 
     def publish_estimate(self, frame: Frame, est) -> None:
         """Publish one PoseEstimate of `frame`'s camera: TF, PoseWithCovarianceStamped, frustum."""

@@ -75,6 +75,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("pose_samples", 4, "sampled poses per estimate for the camera-token read-outs (the covariance "
           "comes from their spread); a model with pose and centre heads samples none",
           read_only=False, range=(1, 64)),
+    Param("keyframe_deg", 30.0, "read each frame against the reference and against the nearest keyframe "
+          "(an earlier frame with its estimate) and keep the reading the model predicts is better; a frame "
+          "this many degrees from every keyframe and the reference becomes one (0 = against the reference "
+          "only)", read_only=False, range=(0.0, 180.0)),
     Param("translation_scale", 1.0, "metres per model unit: the model's translation is unit-scale",
           read_only=False, range=(1e-6, 1e6)),
     Param("publish_tf", True, "publish reference -> estimated camera on /tf", read_only=False),
