@@ -19,7 +19,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
@@ -28,7 +27,6 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
-from gst_ros.geometry import intrinsics_from_fov
 from gst_ros.ros.conversions import (
     K_to_camera_info,
     make_header,
@@ -37,9 +35,9 @@ from gst_ros.ros.conversions import (
     w2c_to_transform_stamped,
 )
 from gst_ros.ros.qos import output_qos, tf_qos
-from gst_ros.sim.cameras import GST_FOV_DEG, TRAJECTORIES, OrbitCameras, SphereCameras
-from gst_ros.sim.renderer import Renderer
-from gst_ros.sim.scene import OBJECT_SETS, SceneSampler, object_pool
+from gst_ros.sim.cameras import GST_FOV_DEG, TRAJECTORIES
+from gst_ros.sim.moving_camera import MovingCamera
+from gst_ros.sim.scene import OBJECT_SETS
 
 PARAMETERS = {
     "world_frame": ("world", "parent frame of the camera pose on /tf"),
@@ -74,18 +72,10 @@ class SimCameraNode(Node):
             raise ValueError(f"rate_hz and period_s must be > 0, got {self.rate_hz}, {self.period_s}")
         if not (16 <= self.width <= 2048 and 16 <= self.height <= 2048):
             raise ValueError(f"width and height must be in 16..2048, got {self.width}x{self.height}")
-        if self.trajectory not in TRAJECTORIES:
-            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {self.trajectory!r}")
-        fov = float(g("fov_deg"))
-        n = int(g("num_objects"))
-        self.rng = np.random.default_rng(int(g("seed")))
-        pool = object_pool(str(g("objects")))
-        spec = SceneSampler(objects_per_scene=(n, n)).sample(self.rng, "sim_camera", pool)
-        self.renderer = Renderer()
-        self.scene = self.renderer.load_scene(spec)
-        self.sphere = SphereCameras(fov_deg=(fov, fov))
-        self.orbit = OrbitCameras(fov_deg=fov).draw(self.rng)
-        self.K = intrinsics_from_fov(fov, self.width, self.height, axis="y")
+        self.world = MovingCamera(int(g("seed")), self.width, self.height, float(g("fov_deg")),
+                                  str(g("objects")), int(g("num_objects")), self.trajectory,
+                                  self.rate_hz, self.period_s)
+        self.K = self.world.K
         self.pub_image = self.create_publisher(Image, str(g("image_topic")), output_qos(5))
         self.pub_info = self.create_publisher(CameraInfo, str(g("camera_info_topic")), output_qos(5))
         self.pub_tf = self.create_publisher(TFMessage, "/tf", tf_qos())
@@ -96,23 +86,13 @@ class SimCameraNode(Node):
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(REPORT_PERIOD_S, self._report)
         self.get_logger().info(
-            f"rendering {[o.name for o in spec.objects]} at {self.width}x{self.height}, {self.rate_hz} Hz, "
-            f"{self.trajectory} trajectory; TF {self.world_frame} -> {self.camera_frame}")
-
-    def camera_at(self, frame: int) -> np.ndarray:
-        """World-to-camera (4,4) of frame `frame` (OpenCV optical axes, world z up)."""
-        if self.trajectory == "orbit":
-            t = frame / self.rate_hz / self.period_s
-            return self.orbit.pose(t, self.scene.center, self.scene.radius)
-        _, w2c = self.sphere.sample(self.rng, 1, self.scene.center, self.scene.radius,
-                                    self.width, self.height)
-        return w2c[0]
+            f"rendering {[o.name for o in self.world.spec.objects]} at {self.width}x{self.height}, "
+            f"{self.rate_hz} Hz, {self.trajectory} trajectory; TF {self.world_frame} -> {self.camera_frame}")
 
     def _tick(self) -> None:
-        w2c = self.camera_at(self.frame)
-        out = self.renderer.render(self.K, w2c, self.width, self.height)
+        rgb, w2c = self.world.render(self.frame)
         stamp = self.get_clock().now().to_msg()
-        self.pub_image.publish(numpy_to_image(out.rgb, stamp, self.camera_frame, "rgb8"))
+        self.pub_image.publish(numpy_to_image(rgb, stamp, self.camera_frame, "rgb8"))
         self.pub_info.publish(K_to_camera_info(self.K, self.width, self.height, stamp, self.camera_frame))
         tf = w2c_to_transform_stamped(w2c, self.world_frame, self.camera_frame, stamp)
         self.pub_tf.publish(tf_message([tf]))
@@ -141,7 +121,7 @@ class SimCameraNode(Node):
                                               status=[status]))
 
     def destroy_node(self):
-        self.renderer.close()
+        self.world.close()
         super().destroy_node()
 
 
