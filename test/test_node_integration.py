@@ -264,6 +264,8 @@ def test_bad_messages_are_counted_and_never_stop_the_node(running):
     assert proc.poll() is None
     d = _latest_diag(rec, "camera cam0")
     assert d["rejected"] >= len(want) and d["_level"] != 0 and d["last_problem"]
+    # the keyframe tracker's counts are there (how many keyframes, estimates chained through one)
+    assert d["keyframes"] >= 0 and 0 <= d["chained"] <= d["processed"]
     # still estimating after the bad input
     n = len(_transforms(rec["tf"], "cam0_estimated"))
     _send_frames(probe, proc, pubs, 900, lambda: len(_transforms(rec["tf"], "cam0_estimated")) > n,

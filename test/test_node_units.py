@@ -176,3 +176,14 @@ def test_demo_goal_is_the_true_camera_in_the_models_frame_and_scale():
     np.testing.assert_allclose(goal[:3, :3] @ [0.0, 0.0, 1.0] + goal[:3, 3], [0.0, 0.0, 1.0], atol=1e-9)
     with pytest.raises(GeometryError):   # parallel optical axes fix no centre
         goal_from_ground_truth(np.eye(4), np.eye(4), np.empty((0, 4, 4)))
+
+
+def test_stream_stats_count_chained_estimates_and_keyframes():
+    from gst_ros.ros.diagnostics import StreamStats
+
+    s = StreamStats("camera cam0")
+    s.on_tracked(True, 2)
+    s.on_tracked(False, 3)
+    s.on_tracked(True, 3)
+    snap = s.snapshot()
+    assert (snap["chained"], snap["keyframes"]) == (2, 3)

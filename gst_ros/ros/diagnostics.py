@@ -32,6 +32,8 @@ class StreamStats:
         self.dropped_stale = 0
         self.rejected: Counter[str] = Counter()
         self.errors = 0                 # inference / publishing failures
+        self.chained = 0                # estimates chained through a keyframe (KeyframeTracker)
+        self.keyframes = 0              # the camera's keyframes now
         self.last_problem = ""
         self._arrivals: deque[float] = deque(maxlen=WINDOW)
         self._latency: deque[float] = deque(maxlen=WINDOW)
@@ -65,6 +67,13 @@ class StreamStats:
             self._latency.append(latency_s)
             self._overhead.append(overhead_s)
 
+    def on_tracked(self, chained: bool, keyframes: int) -> None:
+        """One estimate from the camera's KeyframeTracker: whether it was chained through a
+        keyframe, and how many keyframes the tracker holds now."""
+        with self._lock:
+            self.chained += int(chained)
+            self.keyframes = keyframes
+
     @property
     def dropped(self) -> int:
         return self.dropped_replaced + self.dropped_stale
@@ -91,6 +100,7 @@ class StreamStats:
                 "dropped": self.dropped_replaced + self.dropped_stale,
                 "dropped_replaced": self.dropped_replaced, "dropped_stale": self.dropped_stale,
                 "rejected": sum(self.rejected.values()), "errors": self.errors,
+                "chained": self.chained, "keyframes": self.keyframes,
                 "latency_ms_mean": float(lat.mean() * 1e3) if lat.size else 0.0,
                 "latency_ms_p95": float(np.percentile(lat, 95) * 1e3) if lat.size else 0.0,
                 "overhead_ms_mean": float(ovh.mean() * 1e3) if ovh.size else 0.0,

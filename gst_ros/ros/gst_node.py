@@ -497,6 +497,7 @@ class GSTNode(LifecycleNode):
             return
         tracker = self._tracker(frame.camera, ref)
         est = tracker.estimate(frame.image, frame.K, samples=int(self.p("pose_samples")))
+        stats.on_tracked(est.keyframe > 0, len(tracker.keyframes))
         t_inferred = time.monotonic()
         self.publish_estimate(frame, est)
         done = time.monotonic()
