@@ -137,6 +137,8 @@ def test_tracker_keeps_the_direct_reading_when_it_is_better_and_can_be_switched_
         assert est.keyframe == 0
         np.testing.assert_allclose(est.w2c, truth[j], atol=1e-9)
     assert tracker.keyframes                                     # keyframes kept, just not better
+    # and never read: the direct reading was always at least as sure as any keyframe
+    assert engine.calls == [(0, j) for j in range(1, 8)]
     off = KeyframeTracker(ScriptedEngine(truth, error_per_deg=0.1), keyframe_deg=0.0)
     off.set_reference(engine.image(0))
     for j in range(1, 8):

@@ -7,9 +7,10 @@ where the direct reading holds. KeyframeTracker keeps a few earlier frames as ke
 with the pose it was estimated at, and reads every new frame twice: against the reference
 (direct) and against the keyframe nearest the previous estimate, composing that reading with
 the keyframe's pose (chained). Of the two it returns the one whose predicted rotation variance
-is lower (the covariance comes from the model: its heads, or its samples' spread), and a frame
-whose estimate is more than `keyframe_deg` from every keyframe (and from the reference)
-becomes a keyframe itself.
+is lower (the covariance comes from the model: its heads, or its samples' spread); a chain is
+never surer than its keyframe, so when the direct reading is surer than the keyframe the second
+reading is skipped. A frame whose estimate is more than `keyframe_deg` from every keyframe (and
+from the reference) becomes a keyframe itself.
 
 Frames and conventions as GSTEngine.estimate_pose: w2c of the camera, world = the reference
 camera's optical frame (OpenCV axes), translation in the model's unit scene scale (the
@@ -124,13 +125,18 @@ class KeyframeTracker:
         if self.keyframes and self._previous is not None:
             i, kf = min(enumerate(self.keyframes),
                         key=lambda e: rotation_angle_deg(e[1].w2c[:3, :3], self._previous[:3, :3]))
+        else:
+            kf = None
+        # a chain is at least as unsure as its keyframe: when the direct reading is surer than
+        # the keyframe itself, the chain cannot win and is not read
+        if kf is not None and rotation_variance(kf.covariance) < rotation_variance(best.covariance):
             link = self.engine.estimate_pose(kf.image, image, K_obs=kf.K, K_target=K, samples=samples)
             w2c, cov = chain_pose(kf.w2c, kf.covariance, link.w2c, link.covariance)
             if rotation_variance(cov) < rotation_variance(best.covariance):
                 best = chained_estimate(link, w2c, cov, i + 1)
         best.latency_s = time.perf_counter() - t0
         self._previous = best.w2c
-        poses = [np.eye(4)] + [kf.w2c for kf in self.keyframes]
+        poses = [np.eye(4)] + [k.w2c for k in self.keyframes]
         if min(rotation_angle_deg(best.w2c[:3, :3], p[:3, :3]) for p in poses) > self.keyframe_deg:
             if len(self.keyframes) >= self.max_keyframes:
                 self.keyframes.pop(0)
