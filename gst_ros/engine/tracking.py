@@ -42,6 +42,7 @@ from gst_ros.geometry.rotations import skew
 
 DEFAULT_KEYFRAME_DEG = 30.0
 MAX_KEYFRAMES = 32
+MIN_KEYFRAME_DISTANCE = 1e-3   # unit scene scale: a keyframe's distance to the scene centre is its unit
 
 
 @dataclass
@@ -137,7 +138,9 @@ class KeyframeTracker:
         best.latency_s = time.perf_counter() - t0
         self._previous = best.w2c
         poses = [np.eye(4)] + [k.w2c for k in self.keyframes]
-        if min(rotation_angle_deg(best.w2c[:3, :3], p[:3, :3]) for p in poses) > self.keyframe_deg:
+        at_centre = np.linalg.norm(SCENE_CENTER_REF - invert_pose(best.w2c)[:3, 3]) < MIN_KEYFRAME_DISTANCE
+        far = min(rotation_angle_deg(best.w2c[:3, :3], p[:3, :3]) for p in poses) > self.keyframe_deg
+        if far and not at_centre:   # a camera at the scene centre has no scale to chain with
             if len(self.keyframes) >= self.max_keyframes:
                 self.keyframes.pop(0)
             self.keyframes.append(Keyframe(image, None if K is None else np.asarray(K, np.float64),
