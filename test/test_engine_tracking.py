@@ -160,3 +160,18 @@ def test_tracker_needs_a_reference_and_forgets_keyframes_with_it():
     assert tracker.keyframes == []
     est = tracker.estimate(engine.image(3))                      # now relative to frame 2
     np.testing.assert_allclose(est.w2c, in_frame_of(truth[2], truth[3]), atol=1e-9)
+
+
+def test_a_camera_at_the_scene_centre_never_becomes_a_keyframe():
+    """A keyframe's unit is its distance to the scene centre: at the centre there is none."""
+    at_centre = np.eye(4)
+    at_centre[:3, :3] = so3_exp(torch.tensor([0.0, math.radians(60.0), 0.0])).numpy()
+    at_centre[:3, 3] = -at_centre[:3, :3] @ SCENE_CENTER_REF
+    truth = {0: orbit_camera(0.0), 1: at_centre, 2: orbit_camera(60.0)}
+    engine = ScriptedEngine(truth)
+    tracker = KeyframeTracker(engine, keyframe_deg=20.0)
+    tracker.set_reference(engine.image(0))
+    tracker.estimate(engine.image(1))
+    assert tracker.keyframes == []
+    tracker.estimate(engine.image(2))
+    assert len(tracker.keyframes) == 1 and tracker.keyframes[0].image[0, 0, 0] == 2
