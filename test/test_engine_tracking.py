@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gst_ros.engine.engine import PoseEstimate, confidence_from_covariance
-from gst_ros.engine.tracking import KeyframeTracker, chain_pose, rotation_angle_deg
-from gst_ros.geometry import SCENE_CENTER_REF, invert_pose, look_at, so3_exp, so3_log
+from gst_ros.engine.tracking import KeyframeTracker, chain_pose
+from gst_ros.geometry import SCENE_CENTER_REF, invert_pose, look_at, rotation_error_deg, so3_exp, so3_log
 
 
 def orbit_camera(azimuth_deg: float, distance: float = 1.0, height: float = 0.0) -> np.ndarray:
@@ -95,7 +95,7 @@ class ScriptedEngine:
         i, j = int(observation[0, 0, 0]), int(target[0, 0, 0])
         self.calls.append((i, j))
         read = in_frame_of(self.truth[i], self.truth[j])
-        apart = rotation_angle_deg(read[:3, :3], np.eye(3))
+        apart = float(rotation_error_deg(read[:3, :3], np.eye(3)))
         error_deg = self.error_per_deg * apart * apart / 30.0
         turn = so3_exp(torch.tensor([0.0, 0.0, math.radians(error_deg)])).numpy()
         read[:3, :3] = turn @ read[:3, :3]
@@ -114,7 +114,7 @@ def test_tracker_chains_through_keyframes_when_the_direct_reading_is_worse():
     for j in range(1, 12):
         est = tracker.estimate(engine.image(j))
         used.append(est.keyframe)
-        errors.append(rotation_angle_deg(est.w2c[:3, :3], truth[j][:3, :3]))
+        errors.append(float(rotation_error_deg(est.w2c[:3, :3], truth[j][:3, :3])))
     # frames up to the first keyframe are read directly; later ones through a keyframe
     assert used[:3] == [0, 0, 0] and all(k > 0 for k in used[4:])
     assert len(tracker.keyframes) >= 2

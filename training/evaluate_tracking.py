@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gst_ros.engine.tracking import KeyframeTracker, rotation_angle_deg
-from gst_ros.geometry import invert_pose
+from gst_ros.engine.tracking import KeyframeTracker
+from gst_ros.geometry import invert_pose, rotation_error_deg
 from training.evaluate import markdown_table
 from training.logging_utils import CSVLogger
 
@@ -71,8 +71,8 @@ def replay(engine, seed: int, start: int, frames: int, size: int, keyframe_degs:
             truth = w2c @ invert_pose(ref_w2c)
             est = tracker.estimate(image, K)
             rows.append({"seed": seed, "mode": mode, "frame": i,
-                         "turned_deg": rotation_angle_deg(truth[:3, :3], np.eye(3)),
-                         "rot_err_deg": rotation_angle_deg(est.w2c[:3, :3], truth[:3, :3]),
+                         "turned_deg": float(rotation_error_deg(truth[:3, :3], np.eye(3))),
+                         "rot_err_deg": float(rotation_error_deg(est.w2c[:3, :3], truth[:3, :3])),
                          "keyframe": est.keyframe})
     return rows
 

@@ -59,11 +59,12 @@ from gst_ros.geometry import (
     check_pose,
     intrinsics_from_fov,
     invert_pose,
+    rotation_error_deg,
     rotation_mean,
     so3_log,
 )
 from gst_ros.geometry.errors import as_array
-from gst_ros.geometry.rotations import geodesic_angle, rotation_from_covariance
+from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.io import (
     ModelFormatError,
     config_from_dict,
@@ -679,8 +680,8 @@ class GSTEngine:
             return loglik.double().cpu().numpy()
         readout = generation.pose_readout(self.model, obs, view_codes, self.config.pose_symmetric)
         R_read = rotation_from_covariance(readout.rotation.double())
-        R_req = torch.as_tensor(np.asarray(w2c_target, dtype=np.float64)[:3, :3])
-        return -np.degrees(geodesic_angle(R_read, R_req.expand_as(R_read)).numpy())
+        R_req = torch.as_tensor(np.asarray(w2c_target, dtype=np.float64)[:3, :3]).expand_as(R_read)
+        return -rotation_error_deg(R_read, R_req)
 
     def propose_views(self, observation, n: int = 4, K_obs=None, seed=None) -> list[PredictedView]:
         """n viewpoints sampled from p(c | o) ([o, <GEN>] -> c), each with its view from

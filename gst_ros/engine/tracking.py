@@ -30,14 +30,13 @@ Chained errors add up, so a chain wins only where the direct reading is predicte
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from gst_ros.geometry import SCENE_CENTER_REF, geodesic_angle, invert_pose
+from gst_ros.geometry import SCENE_CENTER_REF, invert_pose, rotation_error_deg
 from gst_ros.geometry.rotations import skew
 
 DEFAULT_KEYFRAME_DEG = 30.0
@@ -51,11 +50,6 @@ class Keyframe:
     K: np.ndarray | None   # its intrinsics (pixels), None = the engine's default
     w2c: np.ndarray        # (4,4) its camera, world = reference optical frame, unit scene scale
     covariance: np.ndarray  # (6,6) of that pose, ROS order (module docstring)
-
-
-def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Geodesic angle in degrees between two (3,3) rotations (any one convention for both)."""
-    return math.degrees(float(geodesic_angle(torch.from_numpy(R_a), torch.from_numpy(R_b))))
 
 
 def chain_pose(keyframe_w2c: np.ndarray, keyframe_cov: np.ndarray, link_w2c: np.ndarray,
@@ -125,7 +119,7 @@ class KeyframeTracker:
             return best
         if self.keyframes and self._previous is not None:
             i, kf = min(enumerate(self.keyframes),
-                        key=lambda e: rotation_angle_deg(e[1].w2c[:3, :3], self._previous[:3, :3]))
+                        key=lambda e: rotation_error_deg(e[1].w2c[:3, :3], self._previous[:3, :3]))
         else:
             kf = None
         # a chain is at least as unsure as its keyframe: when the direct reading is surer than
@@ -139,7 +133,7 @@ class KeyframeTracker:
         self._previous = best.w2c
         poses = [np.eye(4)] + [k.w2c for k in self.keyframes]
         at_centre = np.linalg.norm(SCENE_CENTER_REF - invert_pose(best.w2c)[:3, 3]) < MIN_KEYFRAME_DISTANCE
-        far = min(rotation_angle_deg(best.w2c[:3, :3], p[:3, :3]) for p in poses) > self.keyframe_deg
+        far = min(rotation_error_deg(best.w2c[:3, :3], p[:3, :3]) for p in poses) > self.keyframe_deg
         if far and not at_centre:   # a camera at the scene centre has no scale to chain with
             if len(self.keyframes) >= self.max_keyframes:
                 self.keyframes.pop(0)

@@ -164,7 +164,8 @@ class _Probe:
         self.poses: list = []
         self.reference = None
         self.candidates: dict[int, np.ndarray] = {}
-        self.frames: dict[int, np.ndarray] = {}       # stamp ns -> the simulator's image (the last few)
+        self.frames: dict[int, object] = {}           # stamp ns -> the simulator's Image message (the
+                                                      # last few; converted only for the goal view)
         self.goal_view: dict[str, np.ndarray] = {}     # "image" / "sample" -> the node's answer
         self._ns, self._to_w2c, self._to_rgb = stamp_to_nanoseconds, transform_stamped_to_w2c, image_to_numpy
 
@@ -180,7 +181,7 @@ class _Probe:
             return lambda msg: self.candidates.__setitem__(i, self._to_rgb(msg))
 
         def on_frame(msg):
-            self.frames[self._ns(msg.header.stamp)] = self._to_rgb(msg)
+            self.frames[self._ns(msg.header.stamp)] = msg
             for old in sorted(self.frames)[:-FRAMES_KEPT]:
                 del self.frames[old]
 
@@ -232,7 +233,7 @@ class _Probe:
         if not stamps or ref_ns not in self.gt:
             return None
         ns = stamps[-1]
-        frame = self.frames[ns]   # kept now: newer frames push it out while the node answers
+        frame = self._to_rgb(self.frames[ns])   # kept now: newer frames push it out while the node answers
         others = [self.gt[s] for s in sorted(self.gt) if s not in (ref_ns, ns)]
         try:
             goal = goal_from_ground_truth(self.gt[ref_ns], self.gt[ns], others)
