@@ -160,6 +160,50 @@ def test_gst_head_method_through_evaluate_scenes(tmp_path):
     assert {r["method"] for r in res["pairs"]} == set(evaluate.POSE_METHODS)
 
 
+def _orbit_gallery(n=6, size=16):
+    """n cameras on a circle looking at the origin (360/n deg apart) and n distinct random images."""
+    angles = np.deg2rad(np.arange(n) * 360.0 / n)
+    w2c = np.stack([look_at([2 * np.cos(a), 2 * np.sin(a), 0.5], [0, 0, 0]) for a in angles])
+    images = np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return images, w2c
+
+
+def test_side_retrieval_finds_the_requested_view_and_scores_copies():
+    images, w2c = _orbit_gallery()
+    target = 3
+    # a noisy version of the requested view is nearest to it: a hit, error 0
+    noisy = np.clip(images[target].astype(int) + np.random.default_rng(2).integers(-20, 21, images[0].shape),
+                    0, 255).astype(np.uint8)
+    r = evaluate.side_retrieval(noisy, images, w2c, target)
+    assert r.retrieved == target and r.hit and r.error_deg == pytest.approx(0.0, abs=1e-5)
+    # copying the observation (view 0) retrieves view 0: the error is the pair's baseline (180 deg)
+    r = evaluate.side_retrieval(images[0], images, w2c, target)
+    assert r.retrieved == 0 and not r.hit
+    ref = np.degrees(np.arccos(np.clip((np.trace(w2c[0, :3, :3] @ w2c[target, :3, :3].T) - 1) / 2, -1, 1)))
+    assert r.error_deg == pytest.approx(ref, abs=1e-4)
+    # the neighbouring view: 60 deg off; chance's expected error is the mean angle over the gallery
+    r = evaluate.side_retrieval(images[2], images, w2c, target)
+    assert r.retrieved == 2 and r.error_deg == pytest.approx(60.0, abs=1e-3)
+    assert r.chance_error_deg == pytest.approx(np.mean([0, 60, 120, 180, 120, 60][::-1]), abs=0.05)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate.side_retrieval(images[0][:8], images, w2c, target)
+    with pytest.raises(ValueError, match="target"):
+        evaluate.side_retrieval(images[0], images, w2c, 6)
+
+
+def test_retrieval_gallery_puts_the_evaluated_views_first():
+    images, w2c = _orbit_gallery(size=32)
+    K = np.array([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]])
+    Ks = np.stack([K] * 6)
+    scene = evaluate.EvalScene(images[:3], Ks[:3], w2c[:3], "s", "c", "seen",
+                               other_images=images[3:], other_K=Ks[3:], other_w2c=w2c[3:])
+    gallery, gw2c = evaluate.retrieval_gallery(scene, 16)
+    assert gallery.shape == (6, 16, 16, 3) and gallery.dtype == np.uint8
+    np.testing.assert_allclose(gw2c, w2c)
+    plain = evaluate.EvalScene(images[:3], Ks[:3], w2c[:3], "s", "c", "seen")
+    assert evaluate.retrieval_gallery(plain, 16)[0].shape == (3, 16, 16, 3)
+
+
 # ------------------------------------------------------------------ OpenCV baseline
 
 def _textured_scene_pair(size=384):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from training import ablation, pipeline
+from training import ablation, evaluate, pipeline
 from training.evaluate import write_report
 from training.token_shards import TokenShardDataset
 from training.train_gst import TrainConfig
@@ -37,6 +37,12 @@ def test_quick_pipeline_end_to_end(quick):
         mean4 = rows[("gst, mean of 4", group)]  # the expected view: an NVS-only row
         assert math.isfinite(mean4["PSNR"]) and mean4["pairs"] == 0
         assert math.isfinite(rows[("gst, most consistent of 4", group)]["PSNR"])
+        # side retrieval: copying the observation always retrieves the observation; the truth
+        # through the tokenizer is nearer its own view than to any other of the scene's
+        assert rows[("copy observation", group)]["side@1"] == 0.0
+        assert rows[(evaluate.TOKENIZER_BOUND, group)]["side@1"] > 0.5
+        assert rows[(evaluate.TOKENIZER_BOUND, group)]["PSNR"] > rows[("copy observation", group)]["PSNR"]
+        assert 0.0 < rows[("chance", group)]["side@1"] < 0.5 and 0.0 <= mean4["side@1"] <= 1.0
         # identity's error is each pair's angular baseline: it scores only pairs closer than 15 degrees
         ident = [r for r in csv.DictReader(open(out / "eval" / "per_pair.csv")) if r["method"] == "identity"]
         for r in ident:

@@ -85,6 +85,25 @@ def test_reader_yields_saved_cameras(rendered):
         SyntheticDataset(root, split="val")
 
 
+def test_eval_gallery_holds_the_whole_orbit(rendered):
+    """A test_views scene evaluates its held-out views; its side-retrieval gallery adds the
+    scene's training views, each with its own saved camera, after the evaluated ones."""
+    from training import evaluate
+
+    root = rendered[0]
+    ds = SyntheticDataset(root, split="test_views")
+    assert ds.scene_view_ids(0) == [f"{v:03d}" for v in range(5)]
+    scene = evaluate.scenes_from_reader(ds, "seen", 2, max_scenes=1)[0]
+    held = ds[0].view_ids[:2]
+    others = [v for v in ds.scene_view_ids(0) if v not in held]
+    assert len(scene.other_images) == len(others) == 3
+    cams = {v["id"]: np.asarray(v["w2c"]) for v in
+            json.loads((root / "scenes" / scene.scene_id / "cameras.json").read_text())["views"]}
+    gallery, w2c = evaluate.retrieval_gallery(scene, 32)
+    assert gallery.shape == (5, 32, 32, 3)
+    np.testing.assert_allclose(w2c, np.stack([cams[v] for v in held + others]))
+
+
 def test_depth_and_mask_agree(rendered):
     import cv2
 

@@ -28,7 +28,16 @@ resolution: PSNR, SSIM, LPIPS when VGG weights are given (training/image_metrics
 of --view-samples: "gst" is a single sampled view (the paper's protocol), "gst, mean of k" the
 per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view_samples), and
 with it "gst, most consistent of k": the one of those k samples the model places closest to the
-requested camera (PredictedView.consistent_sample, GSTEngine.view_consistency).
+requested camera (PredictedView.consistent_sample, GSTEngine.view_consistency). The row "truth
+through the image tokenizer (bound)" encodes and decodes the true view: what a perfect transformer
+would score through this tokenizer.
+Side retrieval ("is it recognisably the requested side?"): each predicted view is compared (PSNR)
+with every view of its scene (the observation, the requested view and the others; with the
+synthetic reader the whole orbit, training views included) and the nearest is kept: side@1 is
+the share of predictions whose nearest view is the requested one, "side err" the median angle
+between the nearest view's camera and the requested camera. Copying the observation retrieves
+the observation (side@1 0, side err = the median baseline); the "chance" row is a view drawn at
+random (side@1 = 1 / views in the gallery).
 
 Writes into --out: results.md and results.csv (summary tables), per_pair.csv (every ordered
 pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png (rows of
@@ -51,8 +60,9 @@ from gst_ros.geometry import (
     closest_point_to_lines,
     normalize_scene,
     relative_rotation_errors,
+    rotation_error_deg,
 )
-from gst_ros.preprocess import center_crop_resize
+from gst_ros.preprocess import center_crop_resize, from_model_tensor
 from training import baselines
 from training.datasets.pairs import pairwise_baseline_deg
 from training.image_metrics import LPIPSMetric, psnr, ssim
@@ -61,6 +71,7 @@ from training.logging_utils import CSVLogger, save_image_grid
 THRESHOLDS = (15.0, 30.0)
 ANGLE_BINS = (("<30", 0.0, 30.0), ("30-60", 30.0, 60.0), (">60", 60.0, 180.0 + 1e-9))
 POSE_METHODS = ("gst", "gst-head", "gst-prior", "opencv", "identity")
+TOKENIZER_BOUND = "truth through the image tokenizer (bound)"
 
 
 # ------------------------------------------------------------------ maths
@@ -121,6 +132,40 @@ def summarize_pose(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
     return out
 
 
+@dataclass
+class SideRetrieval:
+    """Which of a scene's views a predicted view looks most like (see `side_retrieval`)."""
+
+    retrieved: int              # gallery index of the nearest view
+    hit: bool                   # retrieved == the requested (target) view
+    error_deg: float            # rotation angle between the retrieved view's camera and the target's
+    chance_error_deg: float     # that angle for a gallery view drawn at random (expected value)
+
+
+def side_retrieval(prediction: np.ndarray, gallery: np.ndarray, gallery_w2c: np.ndarray,
+                   target: int) -> SideRetrieval:
+    """Is a predicted view recognisably the requested side of the scene? Ranks every gallery view
+    (the scene's views: the observation, the requested view and the others, as the model sees
+    them) by PSNR against the prediction and keeps the nearest.
+
+    prediction: (S,S,3) uint8 RGB; gallery: (G,S,S,3) uint8 RGB, same size; gallery_w2c: (G,4,4)
+    world-to-camera poses of the gallery views in one world frame (OpenCV axes; only their
+    rotations are used); target: gallery index of the requested view. A copy of the observation
+    retrieves the observation (error = the pair's baseline); chance hits 1/G of the time."""
+    gallery = np.asarray(gallery)
+    if gallery.ndim != 4 or gallery.shape[1:] != np.shape(prediction):
+        raise ValueError(f"side_retrieval: gallery {gallery.shape} does not hold images of the "
+                         f"prediction's shape {np.shape(prediction)}")
+    if not 0 <= target < len(gallery) or len(gallery_w2c) != len(gallery):
+        raise ValueError(f"side_retrieval: target {target} / {len(gallery_w2c)} cameras for "
+                         f"{len(gallery)} gallery views")
+    scores = psnr(np.repeat(np.asarray(prediction)[None], len(gallery), axis=0), gallery)
+    best = int(np.argmax(scores))
+    R = np.asarray(gallery_w2c, dtype=np.float64)[:, :3, :3]
+    angles = rotation_error_deg(R, np.repeat(R[target][None], len(R), axis=0))
+    return SideRetrieval(best, best == target, float(angles[best]), float(angles.mean()))
+
+
 def normalized_cameras(w2c: np.ndarray) -> np.ndarray:
     """(N,4,4) cameras relative to the first (identity), scaled so the first camera is at distance
     1 from the scene centre (the point nearest all optical axes), as the training pairs are;
@@ -145,12 +190,18 @@ class EvalScene:
     category: str
     group: str
     extra: dict = field(default_factory=dict)
+    # the scene's other views (not evaluated; they only widen the side-retrieval gallery)
+    other_images: np.ndarray | None = None   # (M,H,W,3) uint8 RGB
+    other_K: np.ndarray | None = None        # (M,3,3)
+    other_w2c: np.ndarray | None = None      # (M,4,4), same world frame as w2c
 
 
 def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None,
                        first: int = 0) -> list[EvalScene]:
     """The first `max_scenes` scenes from reader index `first` on with at least n_views views,
-    first n_views each."""
+    first n_views each. The scene's other views (the rest of the split's; with a reader that
+    has `scene_view_ids`, every view of the scene in any split) become `other_*`, the
+    side-retrieval gallery's extra views."""
     out = []
     for i in range(first, len(reader)):
         if max_scenes is not None and len(out) >= max_scenes:
@@ -158,9 +209,36 @@ def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None 
         s = reader[i]
         if len(s) < n_views:
             continue
-        out.append(EvalScene(s.images[:n_views], s.K[:n_views], s.w2c[:n_views], s.scene_id,
-                             s.category or "all", group))
+        scene = EvalScene(s.images[:n_views], s.K[:n_views], s.w2c[:n_views], s.scene_id,
+                          s.category or "all", group)
+        other = s
+        if hasattr(reader, "scene_view_ids"):
+            ids = [v for v in reader.scene_view_ids(i) if v not in s.view_ids[:n_views]]
+            other = reader.get(i, view_ids=ids) if ids else None
+            if other is not None and (other.scene_id != s.scene_id
+                                      or other.images.shape[1:] != s.images.shape[1:]):
+                other = None  # unreadable views: the gallery keeps the evaluated ones
+            n_skip = 0
+        else:
+            n_skip = n_views
+        if other is not None and len(other) > n_skip:
+            scene.other_images, scene.other_K, scene.other_w2c = (
+                other.images[n_skip:], other.K[n_skip:], other.w2c[n_skip:])
+        out.append(scene)
     return out
+
+
+def retrieval_gallery(scene: EvalScene, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's views as the model sees them, for side_retrieval: ((G,size,size,3) uint8 RGB
+    centre crops, (G,4,4) world-to-camera), the N evaluated views first (so view j is index j),
+    then the other views."""
+    images, Ks, w2c = list(scene.images), list(scene.K), list(scene.w2c)
+    if scene.other_images is not None:
+        images += list(scene.other_images)
+        Ks += list(scene.other_K)
+        w2c += list(scene.other_w2c)
+    crops = np.stack([center_crop_resize(im, K, size)[0] for im, K in zip(images, Ks)])
+    return crops, np.stack(w2c).astype(np.float64)
 
 
 def predict_poses(scene: EvalScene, method: str, engine=None, samples: int = 4,
@@ -246,9 +324,10 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
                                "estimates": n - 1})
         if nvs and engine is not None:
             size = engine.image_size
-            obs_sq, _ = center_crop_resize(scene.images[0], scene.K[0], size)
+            gallery, gallery_w2c = retrieval_gallery(scene, size)
+            obs_sq = gallery[0]
             for j in range(1, n):
-                truth, _ = center_crop_resize(scene.images[j], scene.K[j], size)
+                truth = gallery[j]
                 preds = []
                 for k in view_samples:
                     view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
@@ -256,13 +335,19 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
                     preds.append((view_method(k), view.image))
                     if k > 1:
                         preds.append((consistent_view_method(k), view.consistent_sample))
-                for method, img in preds + [("copy observation", obs_sq)]:
-                    row = {"method": method, "group": scene.group, "category": scene.category,
-                           "scene": scene.scene_id, "j": j, "psnr": float(psnr(img, truth)[0]),
-                           "ssim": float(ssim(img, truth)[0])}
+                tok = engine.image_tokenizer
+                bound = from_model_tensor(tok.decode(tok.encode(truth)))[0]
+                key = {"group": scene.group, "category": scene.category, "scene": scene.scene_id, "j": j}
+                for method, img in preds + [("copy observation", obs_sq), (TOKENIZER_BOUND, bound)]:
+                    side = side_retrieval(img, gallery, gallery_w2c, j)
+                    row = {"method": method, **key, "psnr": float(psnr(img, truth)[0]),
+                           "ssim": float(ssim(img, truth)[0]), "side@1": float(side.hit),
+                           "side_err_deg": side.error_deg}
                     if lpips is not None:
                         row["lpips"] = float(lpips(img, truth)[0])
                     nvs_rows.append(row)
+                nvs_rows.append({"method": "chance", **key, "side@1": 1.0 / len(gallery),
+                                 "side_err_deg": side.chance_error_deg})
                 grids.append((obs_sq, truth, *(img for _, img in preds)))
     return {"pairs": pair_rows, "scenes": scene_rows, "nvs": nvs_rows, "grids": grids}
 
@@ -290,6 +375,9 @@ def summarize(results: dict) -> list[dict]:
             for key in ("psnr", "ssim", "lpips"):
                 if key in sel[0]:
                     target[key.upper()] = float(np.mean([r[key] for r in sel]))
+            if "side@1" in sel[0]:
+                target["side@1"] = float(np.mean([r["side@1"] for r in sel]))
+                target["side err"] = float(np.median([r["side_err_deg"] for r in sel]))
     return table
 
 

@@ -91,6 +91,11 @@ class SyntheticDataset:
     def scene_ids(self) -> list[str]:
         return [sid for sid, _, _ in self.items]
 
+    def scene_view_ids(self, index: int) -> list[str]:
+        """Every view of scene `index` that has a camera, whatever its split (sorted), for
+        `get(index, view_ids=...)`: a test_views scene's training views too."""
+        return sorted(self.items[index][2])
+
     def _read_rgb(self, sid: str, vid: str) -> np.ndarray | None:
         path = self.root / "scenes" / sid / "rgb" / f"{vid}.png"
         key = str(path.relative_to(self.root))
