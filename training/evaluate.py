@@ -40,8 +40,10 @@ the observation (side@1 0, side err = the median baseline); the "chance" row is 
 random (side@1 = 1 / views in the gallery).
 
 Writes into --out: results.md and results.csv (summary tables), per_pair.csv (every ordered
-pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png (rows of
-observation | truth | prediction per NVS row).
+pair's rotation error per method), nvs.csv (per predicted view), and grids/*.png: rows of
+observation | truth | prediction per NVS row (nvs_observation_truth_prediction.png) and, in the
+same layout, the scene view each prediction is nearest to (nvs_observation_truth_nearest_view.png:
+where a prediction shows the truth, the side retrieval hit).
 """
 from __future__ import annotations
 
@@ -298,7 +300,7 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
     entry)] images}. methods: names from POSE_METHODS; None = default_methods(engine);
     view_samples: the sample counts of the predicted views scored (view_method names the rows)."""
     methods = default_methods(engine) if methods is None else methods
-    pair_rows, scene_rows, nvs_rows, grids = [], [], [], []
+    pair_rows, scene_rows, nvs_rows, grids, side_grids = [], [], [], [], []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
         gt = normalized_cameras(np.asarray(scene.w2c, dtype=np.float64))
         base = ordered_pair_baselines(gt)
@@ -338,8 +340,10 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
                 tok = engine.image_tokenizer
                 bound = from_model_tensor(tok.decode(tok.encode(truth)))[0]
                 key = {"group": scene.group, "category": scene.category, "scene": scene.scene_id, "j": j}
+                nearest = []
                 for method, img in preds + [("copy observation", obs_sq), (TOKENIZER_BOUND, bound)]:
                     side = side_retrieval(img, gallery, gallery_w2c, j)
+                    nearest.append(gallery[side.retrieved])
                     row = {"method": method, **key, "psnr": float(psnr(img, truth)[0]),
                            "ssim": float(ssim(img, truth)[0]), "side@1": float(side.hit),
                            "side_err_deg": side.error_deg}
@@ -349,7 +353,9 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
                 nvs_rows.append({"method": "chance", **key, "side@1": 1.0 / len(gallery),
                                  "side_err_deg": side.chance_error_deg})
                 grids.append((obs_sq, truth, *(img for _, img in preds)))
-    return {"pairs": pair_rows, "scenes": scene_rows, "nvs": nvs_rows, "grids": grids}
+                side_grids.append((obs_sq, truth, *nearest[:len(preds)]))
+    return {"pairs": pair_rows, "scenes": scene_rows, "nvs": nvs_rows, "grids": grids,
+            "side_grids": side_grids}
 
 
 def summarize(results: dict) -> list[dict]:
@@ -413,10 +419,11 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
           "then averaged), camera-centre accuracy (CC, N >= 3 views), novel-view PSNR/SSIM(/LPIPS).", "",
           markdown_table(table)]
     (out / "results.md").write_text("\n".join(md))
-    grids = results["grids"][:max_grid_rows]
-    if grids:
-        save_image_grid([im for row in grids for im in row],
-                        out / "grids" / "nvs_observation_truth_prediction.png", ncols=len(grids[0]))
+    for key, name in (("grids", "nvs_observation_truth_prediction.png"),
+                      ("side_grids", "nvs_observation_truth_nearest_view.png")):
+        grids = results.get(key, [])[:max_grid_rows]
+        if grids:
+            save_image_grid([im for row in grids for im in row], out / "grids" / name, ncols=len(grids[0]))
     return table
 
 

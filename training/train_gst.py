@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -61,6 +62,7 @@ from gst_ros.models.sequence import (
     masked_cross_entropy,
     noise_second_segment,
     sample_tasks,
+    sequence_nll,
 )
 from gst_ros.models.transformer import GST, GSTConfig, TransformerBlock, count_parameters, gst_config
 from training import distributed as D
@@ -100,6 +102,9 @@ class TrainConfig:
     target_token_noise: float = 0.0      # share of teacher-forced second-segment inputs randomised
     pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
     center_aux_weight: float = 0.0       # > 0: camera-centre loss through the model's centre head
+    camera_contrast_weight: float = 0.0  # > 0: each <GEN> sample's target view must be likelier
+                                         # under its own camera than under another sample's
+                                         # (camera_contrast_loss): makes the view follow the camera
     train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
                                          # [center_head]); empty: all. The rest stay frozen;
                                          # only read-out heads: the token loss is skipped (logged 0)
@@ -140,6 +145,7 @@ class TrainConfig:
                   (0.0 <= self.target_token_noise <= 1.0, "target_token_noise must lie in [0, 1]"),
                   (self.pose_aux_weight >= 0, "pose_aux_weight must be >= 0"),
                   (self.center_aux_weight >= 0, "center_aux_weight must be >= 0"),
+                  (self.camera_contrast_weight >= 0, "camera_contrast_weight must be >= 0"),
                   (isinstance(self.train_modules, (list, tuple)), "train_modules must be a list of names"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
@@ -267,6 +273,34 @@ def center_aux_loss(center: torch.Tensor, log_var: torch.Tensor, rel_w2c: torch.
     sq = (center - true_center)[use].pow(2)
     nll = 0.5 * (log_var[use] + (center.detach() - true_center)[use].pow(2) * torch.exp(-log_var[use]))
     return sq.sum(dim=1).mean() + nll.sum(dim=1).mean()
+
+
+def camera_contrast_loss(model, model_cfg: GSTConfig, tokens: dict, inp: torch.Tensor, tgt: torch.Tensor,
+                         logits: torch.Tensor, use: torch.Tensor, objective: str) -> torch.Tensor | None:
+    """Contrastive view loss: for the <GEN>-order samples `use` (B,) bool (observation kept), the
+    target view's NLL under its own camera (from `logits`, the batch's pass) against its NLL under
+    the camera of another such sample (a roll by one; one more pass over those samples, same
+    teacher-forced view inputs `inp`, noise included), as a two-way choice of camera:
+    mean softplus(NLL(i | c, o) - NLL(i | c', o)), summed over the view's n tokens. The plain
+    token loss barely rewards a view for depending on its camera (the shipped model: another
+    camera costs 0.064 nats per image token); this is what side retrieval asks of a view. None
+    when fewer than two samples qualify."""
+    rows = torch.nonzero(use.to(inp.device)).flatten()
+    if len(rows) < 2:
+        return None
+    layout = model_cfg.layout
+    n = layout.n
+    idx = rows.cpu()
+    other = {"observation": tokens["observation"][idx], "image": tokens["image"][idx],
+             "camera": tokens["camera"][idx.roll(1)]}
+    tasks = torch.full((len(idx),), TASK_GEN)
+    neg_inp, _, _ = batch_from_tokens(model_cfg, other, tasks, torch.zeros(len(idx), dtype=torch.bool),
+                                      objective, inp.device)
+    neg_inp[:, 2 * n + 1:] = inp[rows, 2 * n + 1:]  # the same (noised) teacher-forced view
+    second = loss_mask(layout, "alternating", len(idx), inp.device)
+    nll_own = sequence_nll(logits[rows], tgt[rows], second)
+    nll_other = sequence_nll(model(neg_inp), tgt[rows], second)
+    return F.softplus(nll_own - nll_other).mean()
 
 
 def freeze_for_training(model: GST, train_modules) -> list[str]:
@@ -630,6 +664,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         loss_sum = torch.zeros((), device=device)
         aux_sum = torch.zeros((), device=device)
         center_sum = torch.zeros((), device=device)
+        contrast_sum = torch.zeros((), device=device)
         for k in range(cfg.grad_accum):
             tokens = next(it)
             sl = slice(k * micro, (k + 1) * micro)
@@ -658,6 +693,12 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                         logits, aux = wrapped(inp), 0.0
                     ce = (torch.zeros((), device=device) if heads_only
                           else masked_cross_entropy(logits, tgt, mask, weights))
+                    if cfg.camera_contrast_weight > 0 and not heads_only:
+                        ctr = camera_contrast_loss(wrapped, model_cfg, tokens, inp, tgt, logits,
+                                                   (tasks[sl] == TASK_GEN) & ~dropped[sl], cfg.objective)
+                        if ctr is not None:
+                            contrast_sum += ctr.detach() / cfg.grad_accum
+                            aux = aux + cfg.camera_contrast_weight * ctr
                     loss = (ce + aux) / cfg.grad_accum
                 loss.backward()
             loss_sum += ce.detach() / cfg.grad_accum
@@ -679,6 +720,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                 row["pose_aux"] = float(D.mean_over_ranks(aux_sum, info)) / cfg.pose_aux_weight
             if cfg.center_aux_weight > 0:
                 row["center_aux"] = float(D.mean_over_ranks(center_sum, info)) / cfg.center_aux_weight
+            if cfg.camera_contrast_weight > 0:
+                row["camera_contrast"] = float(D.mean_over_ranks(contrast_sum, info))
             t_last, steps_since = now, 0
             bar.set_postfix(loss=f"{loss_v:.4f}", gnorm=f"{float(grad_norm):.3f}", lr=f"{lr:.2e}")
         if val is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.max_steps):

@@ -357,6 +357,17 @@ def camera_token_weights(vocab: Vocabulary, targets: torch.Tensor, camera_weight
     return torch.where(is_camera, float(camera_weight), 1.0)
 
 
+def sequence_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) fp32 summed next-token cross-entropy (nats) of each sequence over the positions where
+    `mask` is True: minus the log-likelihood of that part of the sequence.
+    logits: (B, T, V); targets: (B, T) ids; mask: (B, T) bool."""
+    if logits.shape[:2] != targets.shape or mask.shape != targets.shape:
+        raise ValueError(f"shape mismatch: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    return (ce * mask).sum(dim=1)
+
+
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                          weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions where `mask` is True; with `weights`
