@@ -194,3 +194,28 @@ def test_pretokenize_matches_tokenizers_and_counts_skips(tmp_path):
     ds2 = TokenShardDataset(tmp_path / "again")
     assert m2["num_pairs"] == 15
     np.testing.assert_array_equal(ds2[7]["camera"].numpy(), item["camera"].numpy())
+
+
+def test_siblings_are_other_targets_of_the_same_observation(tmp_path):
+    """siblings=True: each pair also carries the camera of the next pair (cyclically, in row
+    order) with the same observation view; a pair whose observation has no other target carries
+    its own camera and has_sibling False. Scenes never share views, so neither do siblings."""
+    n = 4
+    views = np.arange(4 * n).reshape(4, n)
+    pairs = np.array([[0, 1], [2, 3], [0, 2], [1, 0], [0, 3]])  # view 0 observes three targets
+    cams = np.arange(5)[:, None] * np.ones(n, dtype=np.int64)
+    with ShardWriter(tmp_path, (2, 2), 64, 8, pairs_per_shard=64) as w:
+        for s in range(2):
+            w.add_scene(f"s{s}", "toy", views, pairs, cams, np.tile(np.eye(4), (5, 1, 1)),
+                        np.tile(np.eye(3), (5, 1, 1)))
+    plain = TokenShardDataset(tmp_path)
+    assert "sibling_camera" not in plain[0] and "has_sibling" not in collate([plain[0], plain[1]])
+    data = TokenShardDataset(tmp_path, siblings=True)
+    # pairs 0, 2, 4 observe view 0: 0 -> 2 -> 4 -> 0; pairs 1 and 3 are alone with their observation
+    for s in range(2):
+        got = [(int(data[5 * s + i]["sibling_camera"][0]), data[5 * s + i]["has_sibling"]) for i in range(5)]
+        assert got == [(2, True), (1, False), (4, True), (3, False), (0, True)]
+    batch = collate([data[i] for i in range(5)])
+    assert batch["sibling_camera"].shape == (5, n) and batch["has_sibling"].tolist() == [True, False, True,
+                                                                                        False, True]
+    assert torch.equal(batch["observation"], collate([plain[i] for i in range(5)])["observation"])

@@ -559,18 +559,34 @@ def test_camera_contrast_loss_is_the_two_way_camera_choice():
     torch.manual_seed(0)
     model = GST(cfg).eval()
     torch.nn.init.normal_(model.output.weight, std=0.5)
+
+    def by_hand(rows, wrong_cameras):
+        """The loss written out: both passes built from scratch for the given rows."""
+        sub = {k: v[rows] for k, v in tokens.items()}
+        k = len(rows)
+        second = loss_mask(cfg.layout, "alternating", k)
+        own_inp, own_tgt, _ = batch_from_tokens(cfg, sub, tasks[:k], keep[:k], "joint", torch.device("cpu"))
+        other_inp, _, _ = batch_from_tokens(cfg, {**sub, "camera": wrong_cameras}, tasks[:k], keep[:k],
+                                            "joint", torch.device("cpu"))
+        with torch.no_grad():
+            gap = (sequence_nll(model(own_inp), own_tgt, second)
+                   - sequence_nll(model(other_inp), own_tgt, second))
+        return float(torch.nn.functional.softplus(gap).mean())
+
     loss = camera_contrast_loss(model, cfg, tokens, inp, tgt, model(inp), use, "joint")
-    rows = torch.tensor([0, 2, 3])
-    sub = {k: v[rows] for k, v in tokens.items()}
-    other = {**sub, "camera": sub["camera"][torch.tensor([2, 0, 1])]}  # each takes the previous one's
-    second = loss_mask(cfg.layout, "alternating", 3)
-    own_inp, own_tgt, _ = batch_from_tokens(cfg, sub, tasks[:3], keep[:3], "joint", torch.device("cpu"))
-    other_inp, _, _ = batch_from_tokens(cfg, other, tasks[:3], keep[:3], "joint", torch.device("cpu"))
-    ref = torch.nn.functional.softplus(sequence_nll(model(own_inp), own_tgt, second)
-                                       - sequence_nll(model(other_inp), own_tgt, second)).mean()
-    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
-    assert camera_contrast_loss(model, cfg, tokens, inp, tgt, model(inp),
-                                torch.tensor([False, True, False, False, False]), "joint") is None
+    rows = torch.tensor([0, 2, 3])  # each takes the previous one's camera
+    assert float(loss.detach()) == pytest.approx(by_hand(rows, tokens["camera"][rows][[2, 0, 1]]), rel=1e-5)
+    # too few samples: the pass still runs (ranks must match) and counts nothing
+    alone = camera_contrast_loss(model, cfg, tokens, inp, tgt, model(inp),
+                                 torch.tensor([False, True, False, False, False]), "joint")
+    assert float(alone.detach()) == 0.0 and alone.requires_grad
+    # with siblings (another camera of the same observation) those are the wrong cameras, and a
+    # sample without one is left out
+    sib = {**tokens, "sibling_camera": tokens["camera"].flip(0),
+           "has_sibling": torch.tensor([True, True, False, True, True])}
+    loss = camera_contrast_loss(model, cfg, sib, inp, tgt, model(inp), use, "joint")
+    rows = torch.tensor([0, 3])
+    assert float(loss.detach()) == pytest.approx(by_hand(rows, sib["sibling_camera"][rows]), rel=1e-5)
 
 
 def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
@@ -579,12 +595,14 @@ def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
     view's own camera, and the held-out view depends more on its camera (val_image_gain_camera)
     than after the same steps without it; without it the column is absent."""
     grid, iv, cv = (2, 2), 16, 8
+    rng = np.random.default_rng(0)
     with ShardWriter(tmp_path / "s", grid, iv, cv, pairs_per_shard=64) as w:
-        for s in range(40):
-            t = _camera_view_tokens(2, grid, iv, cv, seed=s)
-            views = np.concatenate([t["observation"].numpy()[:1], t["image"].numpy()[:1]])
-            w.add_scene(f"s{s}", "toy", views, np.array([[0, 1]]), t["camera"].numpy()[:1],
-                        np.eye(4)[None], np.eye(3)[None])
+        for s in range(30):  # one observation seen from two cameras: each pair has a sibling
+            obs = rng.integers(0, iv, 4)
+            cams = rng.integers(0, cv, (2, 4))
+            views = np.stack([obs, *((obs + 3 * cams) % iv)])
+            w.add_scene(f"s{s}", "toy", views, np.array([[0, 1], [0, 2]]), cams,
+                        np.tile(np.eye(4), (2, 1, 1)), np.tile(np.eye(3), (2, 1, 1)))
     base = {"model_overrides": {"dim": 64, "n_layer": 1, "n_head": 1}, "p_gen": 1.0, "cond_drop_prob": 0.0,
             "max_steps": 60, "val_shards": str(tmp_path / "s")}
     with_contrast = train(tiny_cfg(tmp_path / "s", camera_contrast_weight=1.0, **base), tmp_path / "c",
@@ -596,5 +614,8 @@ def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
     plain = train(tiny_cfg(tmp_path / "s", **base), tmp_path / "p", progress=False, export=False)
     assert "camera_contrast" not in read_log(tmp_path / "p" / "train_log.csv")[0]
     assert with_contrast["val_image_gain_camera"] > 1.5 * plain["val_image_gain_camera"] > 0
+    # the sibling (the same observation's other camera) is the negative, and validation measures it
+    assert (with_contrast["val_image_gain_sibling_camera"]
+            > 1.5 * plain["val_image_gain_sibling_camera"] > 0)
     with pytest.raises(ValueError, match="camera_contrast_weight"):
         TrainConfig(camera_contrast_weight=-1.0)

@@ -215,7 +215,9 @@ def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None 
                           s.category or "all", group)
         other = s
         if hasattr(reader, "scene_view_ids"):
-            ids = [v for v in reader.scene_view_ids(i) if v not in s.view_ids[:n_views]]
+            # (when scene i was unreadable the reader gave the next one: its views are not scene i's)
+            ids = ([v for v in reader.scene_view_ids(i) if v not in s.view_ids[:n_views]]
+                   if reader.scene_ids()[i] == s.scene_id else [])
             other = reader.get(i, view_ids=ids) if ids else None
             if other is not None and (other.scene_id != s.scene_id
                                       or other.images.shape[1:] != s.images.shape[1:]):

@@ -240,10 +240,16 @@ class TokenShardDataset(torch.utils.data.Dataset):
     Item i is a dict: observation (n,) long image codes; image (n,) long image codes of the
     target view; camera (n,) long raw camera codes of the target relative to the observation;
     rel_w2c (4,4) float64 (target in the observation's OpenCV camera frame); K (3,3) float64;
-    scene (int index into manifest["scenes"]). Memory maps open lazily in each worker process."""
+    scene (int index into manifest["scenes"]). With siblings=True also sibling_camera (n,) long:
+    the camera codes of another target of the same observation (the next pair of that
+    observation view in shard order, cyclically; see `sibling`), the same view from another side,
+    and has_sibling (bool; False when the observation has one target, sibling_camera then its
+    own camera). Memory maps open lazily in each worker process."""
 
-    def __init__(self, root):
+    def __init__(self, root, siblings: bool = False):
         self.root = Path(root)
+        self.siblings = siblings
+        self._sibling_rows: dict[int, np.ndarray] = {}
         self.manifest = read_manifest(self.root)
         self.grid = tuple(self.manifest["grid"])
         self.n = self.grid[0] * self.grid[1]
@@ -288,11 +294,24 @@ class TokenShardDataset(torch.utils.data.Dataset):
         shard = int(np.searchsorted(self._starts, i, side="right") - 1)
         return shard, int(i - self._starts[shard])
 
+    def sibling_row(self, shard: int, row: int) -> int:
+        """Row (in the same shard) of the next pair with the same observation view, in row order,
+        cyclically: another target of that observation; `row` itself when it has no other."""
+        if shard not in self._sibling_rows:
+            obs = np.asarray(self._shard(shard)["pairs"][:, 0])
+            order = np.argsort(obs, kind="stable")
+            nxt = np.empty(len(obs), dtype=np.int64)
+            starts = np.flatnonzero(np.r_[True, obs[order][1:] != obs[order][:-1]])
+            for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+                nxt[order[a:b]] = np.roll(order[a:b], -1)
+            self._sibling_rows[shard] = nxt
+        return int(self._sibling_rows[shard][row])
+
     def __getitem__(self, i: int) -> dict:
         shard, row = self.locate(int(i))
         m = self._shard(shard)
         obs_view, tgt_view = (int(v) for v in m["pairs"][row])
-        return {
+        item = {
             "observation": torch.from_numpy(m["views"][obs_view].astype(np.int64)),
             "image": torch.from_numpy(m["views"][tgt_view].astype(np.int64)),
             "camera": torch.from_numpy(m["cameras"][row].astype(np.int64)),
@@ -300,16 +319,25 @@ class TokenShardDataset(torch.utils.data.Dataset):
             "K": torch.from_numpy(np.array(m["K"][row])),
             "scene": int(m["pair_scene"][row]),
         }
+        if self.siblings:
+            other = self.sibling_row(shard, row)
+            item["sibling_camera"] = torch.from_numpy(m["cameras"][other].astype(np.int64))
+            item["has_sibling"] = other != row
+        return item
 
     def __getstate__(self):  # memory maps are re-opened in each DataLoader worker
         state = self.__dict__.copy()
         state["_maps"] = {}
+        state["_sibling_rows"] = {}
         return state
 
 
 def collate(items: list[dict]) -> dict:
     """Stack TokenShardDataset items into a batch dict of tensors."""
     keys = ("observation", "image", "camera", "rel_w2c", "K")
+    keys += ("sibling_camera",) if "sibling_camera" in items[0] else ()
     out = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["scene"] = torch.tensor([it["scene"] for it in items], dtype=torch.long)
+    if "has_sibling" in items[0]:
+        out["has_sibling"] = torch.tensor([it["has_sibling"] for it in items], dtype=torch.bool)
     return out

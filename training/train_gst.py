@@ -276,31 +276,38 @@ def center_aux_loss(center: torch.Tensor, log_var: torch.Tensor, rel_w2c: torch.
 
 
 def camera_contrast_loss(model, model_cfg: GSTConfig, tokens: dict, inp: torch.Tensor, tgt: torch.Tensor,
-                         logits: torch.Tensor, use: torch.Tensor, objective: str) -> torch.Tensor | None:
+                         logits: torch.Tensor, use: torch.Tensor, objective: str) -> torch.Tensor:
     """Contrastive view loss: for the <GEN>-order samples `use` (B,) bool (observation kept), the
     target view's NLL under its own camera (from `logits`, the batch's pass) against its NLL under
-    the camera of another such sample (a roll by one; one more pass over those samples, same
-    teacher-forced view inputs `inp`, noise included), as a two-way choice of camera:
-    mean softplus(NLL(i | c, o) - NLL(i | c', o)), summed over the view's n tokens. The plain
+    a wrong camera (one more pass over those samples, same teacher-forced view inputs `inp`,
+    noise included), as a two-way choice of camera: mean softplus(NLL(i | c, o) - NLL(i | c', o)),
+    summed over the view's n tokens. The wrong camera c' is, when the batch carries siblings
+    (TokenShardDataset(siblings=True)), another target camera of the same observation: the scene
+    seen from another side, the confusion side retrieval measures; samples without one are left
+    out. Without siblings it is another qualifying sample's camera (a roll by one). The plain
     token loss barely rewards a view for depending on its camera (the shipped model: another
-    camera costs 0.064 nats per image token); this is what side retrieval asks of a view. None
-    when fewer than two samples qualify."""
+    pair's camera costs 0.054-0.064 nats per image token). When no (with siblings) or fewer than
+    two (without) samples qualify, the pass still runs, on the first sample, and the loss is 0:
+    under DDP / FSDP every rank must make the same forward passes (their collectives must match)."""
+    if "sibling_camera" in tokens:
+        use = use & tokens["has_sibling"].to(use.device)
     rows = torch.nonzero(use.to(inp.device)).flatten()
-    if len(rows) < 2:
-        return None
-    layout = model_cfg.layout
-    n = layout.n
+    enough = len(rows) >= (1 if "sibling_camera" in tokens else 2)
+    if not enough:
+        rows = torch.zeros(1, dtype=torch.long, device=inp.device)
+    n = model_cfg.layout.n
     idx = rows.cpu()
-    other = {"observation": tokens["observation"][idx], "image": tokens["image"][idx],
-             "camera": tokens["camera"][idx.roll(1)]}
+    wrong = tokens["sibling_camera"][idx] if "sibling_camera" in tokens else tokens["camera"][idx.roll(1)]
+    other = {"observation": tokens["observation"][idx], "image": tokens["image"][idx], "camera": wrong}
     tasks = torch.full((len(idx),), TASK_GEN)
     neg_inp, _, _ = batch_from_tokens(model_cfg, other, tasks, torch.zeros(len(idx), dtype=torch.bool),
                                       objective, inp.device)
     neg_inp[:, 2 * n + 1:] = inp[rows, 2 * n + 1:]  # the same (noised) teacher-forced view
-    second = loss_mask(layout, "alternating", len(idx), inp.device)
+    second = loss_mask(model_cfg.layout, "alternating", len(idx), inp.device)
     nll_own = sequence_nll(logits[rows], tgt[rows], second)
     nll_other = sequence_nll(model(neg_inp), tgt[rows], second)
-    return F.softplus(nll_own - nll_other).mean()
+    loss = F.softplus(nll_own - nll_other).mean()
+    return loss if enough else loss * 0.0
 
 
 def freeze_for_training(model: GST, train_modules) -> list[str]:
@@ -477,14 +484,18 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     of <GEN> with the camera swapped, what the camera is worth to the novel view. Both are ~0
     while the model ignores that condition (it has then learned only the marginal). A model with
     a pose head adds val_pose_head_rra15: the share of <EST> pairs whose head rotation (projected
-    onto SO(3)) is within 15 degrees of the truth."""
+    onto SO(3)) is within 15 degrees of the truth. Data with siblings (TokenShardDataset(siblings=
+    True)) adds val_image_gain_sibling_camera: the image NLL increase when the camera is another
+    target camera of the same observation (the scene from another side; pairs with one are
+    counted), the harder version of val_image_gain_camera that side retrieval asks for."""
     was = model.training
     model.eval()
     n = min(len(data), cfg.val_batches * batch)
     layout: Layout = model_cfg.layout
     keys = ("val_loss", "val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera")
     sums = dict.fromkeys(keys, 0.0)
-    count = swapped_count = 0
+    count = swapped_count = sibling_count = 0
+    sibling_sum = 0.0
     errors, center_errors = [], []
     no_drop = torch.zeros(batch, dtype=torch.bool)
     for start in range(0, n, batch):
@@ -507,6 +518,7 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
                         center_errors.append(miss.norm(dim=1).numpy())
                 else:
                     logits = model(inp)
+            own_logits, own_tgt = logits, tgt
             sums["val_loss"] += 0.5 * float(masked_cross_entropy(logits, tgt, mask)) * b
             nll = float(masked_cross_entropy(logits, tgt, second))
             sums[key] += nll * b
@@ -516,10 +528,24 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
                 with autocast_for(device, cfg):
                     logits = model(inp)
                 sums[gain_key] += (float(masked_cross_entropy(logits, tgt, second)) - nll) * b
+            if task == TASK_GEN and "sibling_camera" in tokens and bool(tokens["has_sibling"].any()):
+                rows = torch.nonzero(tokens["has_sibling"]).flatten()
+                k = len(rows)
+                own = float(masked_cross_entropy(own_logits[rows.to(device)], own_tgt[rows.to(device)],
+                                                 second[:k]))
+                sib = {key_: tokens[key_][rows] for key_ in ("observation", "image")}
+                sib["camera"] = tokens["sibling_camera"][rows]
+                inp, tgt, _ = batch_from_tokens(model_cfg, sib, tasks[:k], no_drop[:k], "joint", device)
+                with autocast_for(device, cfg):
+                    logits = model(inp)
+                sibling_sum += (float(masked_cross_entropy(logits, tgt, second[:k])) - own) * k
+                sibling_count += k
         count += b
         swapped_count += b if b > 1 else 0
     model.train(was)
     out = {k: v / max(swapped_count if "gain" in k else count, 1) for k, v in sums.items()}
+    if sibling_count:
+        out["val_image_gain_sibling_camera"] = sibling_sum / sibling_count
     if errors:
         out["val_pose_head_rra15"] = accuracy_at(np.concatenate(errors), (15.0,))[15.0]
     if center_errors:
@@ -577,7 +603,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         raise ValueError(f"global batch {cfg.batch_size} must divide by world size x grad_accum "
                          f"({info.world_size} x {cfg.grad_accum})")
     device = D.device_for(info, cfg.device)
-    data = TokenShardDataset(cfg.shards)
+    data = TokenShardDataset(cfg.shards, siblings=cfg.camera_contrast_weight > 0)
     manifest = data.manifest
     init_config, init_state, init_desc = load_init(cfg, manifest)
     model_cfg = build_model_config(cfg, manifest, init_config)
@@ -635,7 +661,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             tb = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             _say(info, "tensorboard is not installed: logging to CSV only")
-    val = TokenShardDataset(cfg.val_shards) if cfg.val_shards else None
+    val = TokenShardDataset(cfg.val_shards, siblings=True) if cfg.val_shards else None
     _say(info, f"GST {count_parameters(model) / 1e6:.2f}M parameters, {len(data)} training pairs, "
                f"objective {cfg.objective}, global batch {cfg.batch_size} = {info.world_size} rank(s) x "
                f"{cfg.grad_accum} micro-steps, device {device}")
@@ -696,9 +722,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                     if cfg.camera_contrast_weight > 0 and not heads_only:
                         ctr = camera_contrast_loss(wrapped, model_cfg, tokens, inp, tgt, logits,
                                                    (tasks[sl] == TASK_GEN) & ~dropped[sl], cfg.objective)
-                        if ctr is not None:
-                            contrast_sum += ctr.detach() / cfg.grad_accum
-                            aux = aux + cfg.camera_contrast_weight * ctr
+                        contrast_sum += ctr.detach() / cfg.grad_accum
+                        aux = aux + cfg.camera_contrast_weight * ctr
                     loss = (ce + aux) / cfg.grad_accum
                 loss.backward()
             loss_sum += ce.detach() / cfg.grad_accum
