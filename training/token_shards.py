@@ -242,7 +242,7 @@ class TokenShardDataset(torch.utils.data.Dataset):
     rel_w2c (4,4) float64 (target in the observation's OpenCV camera frame); K (3,3) float64;
     scene (int index into manifest["scenes"]). With siblings=True also sibling_camera (n,) long:
     the camera codes of another target of the same observation (the next pair of that
-    observation view in shard order, cyclically; see `sibling`), the same view from another side,
+    observation view in shard order, cyclically; `sibling_row`): the scene from another side,
     and has_sibling (bool; False when the observation has one target, sibling_camera then its
     own camera). Memory maps open lazily in each worker process."""
 
