@@ -619,3 +619,5 @@ def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
             > 1.5 * plain["val_image_gain_sibling_camera"] > 0)
     with pytest.raises(ValueError, match="camera_contrast_weight"):
         TrainConfig(camera_contrast_weight=-1.0)
+    with pytest.raises(ValueError, match="single-process"):
+        TrainConfig(camera_contrast_weight=0.1, strategy="ddp")
