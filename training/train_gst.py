@@ -103,8 +103,8 @@ class TrainConfig:
     pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
     center_aux_weight: float = 0.0       # > 0: camera-centre loss through the model's centre head
     camera_contrast_weight: float = 0.0  # > 0: each <GEN> sample's target view must be likelier
-                                         # under its own camera than under another sample's
-                                         # (camera_contrast_loss): makes the view follow the camera
+                                         # under its own camera than under another camera of the
+                                         # same observation (camera_contrast_loss; single-process)
     train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
                                          # [center_head]); empty: all. The rest stay frozen;
                                          # only read-out heads: the token loss is skipped (logged 0)
