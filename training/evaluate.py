@@ -205,6 +205,7 @@ def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None 
     has `scene_view_ids`, every view of the scene in any split) become `other_*`, the
     side-retrieval gallery's extra views."""
     out = []
+    reader_ids = reader.scene_ids() if hasattr(reader, "scene_view_ids") else []
     for i in range(first, len(reader)):
         if max_scenes is not None and len(out) >= max_scenes:
             break
@@ -217,7 +218,7 @@ def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None 
         if hasattr(reader, "scene_view_ids"):
             # (when scene i was unreadable the reader gave the next one: its views are not scene i's)
             ids = ([v for v in reader.scene_view_ids(i) if v not in s.view_ids[:n_views]]
-                   if reader.scene_ids()[i] == s.scene_id else [])
+                   if reader_ids[i] == s.scene_id else [])
             other = reader.get(i, view_ids=ids) if ids else None
             if other is not None and (other.scene_id != s.scene_id
                                       or other.images.shape[1:] != s.images.shape[1:]):

@@ -537,8 +537,8 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
                 k = len(rows)
                 own = float(masked_cross_entropy(own_logits[rows.to(device)], own_tgt[rows.to(device)],
                                                  second[:k]))
-                sib = {key_: tokens[key_][rows] for key_ in ("observation", "image")}
-                sib["camera"] = tokens["sibling_camera"][rows]
+                sib = {"observation": tokens["observation"][rows], "image": tokens["image"][rows],
+                       "camera": tokens["sibling_camera"][rows]}
                 inp, tgt, _ = batch_from_tokens(model_cfg, sib, tasks[:k], no_drop[:k], "joint", device)
                 with autocast_for(device, cfg):
                     logits = model(inp)
