@@ -7,7 +7,10 @@
 Prints median and min wall-clock seconds per call over --repeats calls (after one warm-up call)
 for each task, on a 640x480 input image (centre-cropped and resized by the engine like any
 input), with the K of that image. Latency includes preprocessing, tokenisation, sampling with the
-KV cache, decoding and the rays -> camera fit. The pose is timed with the model's default read-out
+KV cache, decoding and the rays -> camera fit. As in the node, the observation (reference) stays
+the same from call to call and every pose call reads a new target frame, so the reference's image
+codes come from the engine's cache (GSTEngine.image_codes) and the frame's are computed; the row
+"both images new" pays for tokenising both. The pose is timed with the model's default read-out
 (for a model with pose and centre heads one forward pass, no sampling; then the sampled "mean"
 read-out is timed too).
 """
@@ -72,14 +75,19 @@ def main(argv=None) -> int:
     engine = GSTEngine(EngineConfig(model_dir=str(model_dir), device=args.device,
                                     tokenizer_backend=args.backend))
     load_s = time.perf_counter() - t0
-    obs, tgt = test_image(480, 640, 0), test_image(480, 640, 1)
+    obs = test_image(480, 640, 0)
+    frames = (test_image(480, 640, 1 + i) for i in range(10 ** 6))   # a new target frame per call
     K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
     w2c = look_at([0.3, -0.1, 0.05], [0.0, 0.0, 1.0], up=(0.0, -1.0, 0.0))
     heads_only = engine.pose_estimate == "head" and engine.model.center_head is not None
     label = "heads, no sampling" if heads_only else f"{engine.pose_estimate}, samples={args.samples}"
     tasks = {
-        f"estimate_pose ({label})": lambda: engine.estimate_pose(obs, tgt, K, K, samples=args.samples),
-        f"estimate_pose ({label}, K unknown)": lambda: engine.estimate_pose(obs, tgt, samples=args.samples),
+        f"estimate_pose ({label})": (
+            lambda: engine.estimate_pose(obs, next(frames), K, K, samples=args.samples)),
+        f"estimate_pose ({label}, both images new)": (
+            lambda: engine.estimate_pose(next(frames), next(frames), K, K, samples=args.samples)),
+        f"estimate_pose ({label}, K unknown)": (
+            lambda: engine.estimate_pose(obs, next(frames), samples=args.samples)),
         f"predict_view (mean of {engine.config.view_samples})": (
             lambda: engine.predict_view(obs, w2c, K_obs=K)),
         "predict_view (one sample)": lambda: engine.predict_view(obs, w2c, K_obs=K, samples=1),
@@ -88,7 +96,7 @@ def main(argv=None) -> int:
     }
     if heads_only:  # the camera-token read-out of the same model, for comparison
         tasks[f"estimate_pose (mean, samples={args.samples})"] = (
-            lambda: engine.estimate_pose(obs, tgt, K, K, samples=args.samples, estimate="mean"))
+            lambda: engine.estimate_pose(obs, next(frames), K, K, samples=args.samples, estimate="mean"))
     g = engine.model.config
     print(f"model {model_dir}: transformer dim {g.dim} x {g.n_layer} layers, grid {g.grid[0]}x{g.grid[1]}, "
           f"image {engine.image_size}px; device {engine.device}, tokenizer backend {args.backend}, "

@@ -369,6 +369,35 @@ def test_seeded_reproducibility(engine, model_dir):
     assert not np.array_equal(p1[0], p1[1])
 
 
+def test_image_codes_are_cached_by_pixels_and_equal_a_fresh_encode(model_dir, monkeypatch):
+    """A reference read against new frames is tokenised once; cached codes equal fresh ones, and
+    the cache holds at most IMAGE_CODE_CACHE images (least recently used leaves first)."""
+    from gst_ros.engine import engine as engine_module
+
+    e = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    encoded = []
+    encode = e.image_tokenizer.encode
+    monkeypatch.setattr(e.image_tokenizer, "encode", lambda x: encoded.append(len(x)) or encode(x))
+    ref = e.prepare(image(seed=1))[0]
+    frames = [e.prepare(image(seed=s))[0] for s in (2, 3)]
+    first = e.image_codes(np.stack([ref, frames[0], ref]))     # a repeat in one batch: encoded once
+    assert encoded == [2]
+    np.testing.assert_array_equal(first[0].numpy(), first[2].numpy())
+    again = e.image_codes(np.stack([ref, frames[1]]))           # only the new frame is encoded
+    assert encoded == [2, 1]
+    np.testing.assert_array_equal(again[0].numpy(), first[0].numpy())
+    for got, im in zip((first[1], again[1]), frames):
+        np.testing.assert_array_equal(got.numpy(), encode(im).reshape(-1).numpy())
+    assert not np.array_equal(first[1].numpy(), again[1].numpy())
+    e.estimate_pose(image(seed=1), image(seed=2), samples=2)    # both images known: nothing encoded
+    assert encoded == [2, 1]
+    monkeypatch.setattr(engine_module, "IMAGE_CODE_CACHE", 2)
+    e.image_codes(np.stack([e.prepare(image(seed=s))[0] for s in (4, 5)]))
+    assert len(e._code_cache) == 2
+    e.image_codes(ref[None])                                    # evicted: encoded again
+    assert encoded[-1] == 1 and len(e._code_cache) == 2
+
+
 def test_non_square_image_with_K_equals_the_precropped_equivalent(engine):
     """A 96x64 image with its K gives the same model input, rays and results as its centre
     crop resized to the model resolution with the correspondingly transformed K."""

@@ -38,10 +38,13 @@ makes that one call reproducible on its own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import sys
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +83,7 @@ from gst_ros.preprocess import center_crop_resize, from_model_tensor
 MODEL_NAME = "gst_small"
 SUBDIRS = ("image_tokenizer", "camera_tokenizer", "gst")
 MAX_IMAGE_SIDE = 16384  # larger images are rejected (a corrupt size, not a camera)
+IMAGE_CODE_CACHE = 16   # model-resolution images whose codes the engine keeps (GSTEngine.image_codes)
 
 # Covariance floor (variances added to the sample covariance, so it is never singular):
 POSITION_VAR_FLOOR = 1e-4                  # (unit scale)^2: 1 cm at a 1 m scene scale
@@ -409,6 +413,8 @@ class GSTEngine:
             top_p=cfg.top_p if cfg.top_p < 1.0 else None,
             cfg_scale=cfg.cfg_scale if cfg.cfg_scale != 1.0 else None)  # s = 1 is exactly no guidance
         self._generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed))
+        self._code_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._code_lock = threading.Lock()
 
     def _check_compatible(self, g: GSTConfig) -> None:
         it, ct = self.image_tokenizer, self.camera_tokenizer
@@ -493,7 +499,31 @@ class GSTEngine:
 
     def image_tokens(self, image_sq: np.ndarray) -> torch.Tensor:
         """(1, n) image codes (row-major token grid) of a model-resolution image, on the model device."""
-        return self.image_tokenizer.encode(image_sq).reshape(1, -1).to(self.device)
+        return self.image_codes(image_sq[None])
+
+    def image_codes(self, images_sq: np.ndarray) -> torch.Tensor:
+        """(B, n) image codes (row-major token grid, on the model device) of B model-resolution
+        images ((B,S,S,3) uint8 RGB, as from `prepare`), tokenised in one batch. The codes of the
+        last IMAGE_CODE_CACHE distinct images are kept, keyed by their pixels, so an image read
+        again (the reference against every new frame, a keyframe, an observation asked for
+        several views) is not tokenised again; the tokenizer is deterministic, so the codes are
+        those a fresh encode gives."""
+        images_sq = np.ascontiguousarray(images_sq)
+        keys = [hashlib.blake2b(repr(im.shape).encode() + im.tobytes(), digest_size=16).digest()
+                for im in images_sq]
+        with self._code_lock:
+            found = {k: self._code_cache[k] for k in keys if k in self._code_cache}
+        todo = [i for i, k in enumerate(keys) if k not in found and keys.index(k) == i]
+        if todo:
+            codes = self.image_tokenizer.encode(images_sq[todo]).reshape(len(todo), -1).to(self.device)
+            found.update((keys[i], c) for i, c in zip(todo, codes))
+        with self._code_lock:
+            for k in keys:
+                self._code_cache[k] = found[k]
+                self._code_cache.move_to_end(k)
+            while len(self._code_cache) > IMAGE_CODE_CACHE:
+                self._code_cache.popitem(last=False)
+        return torch.stack([found[k] for k in keys])
 
     def camera_tokens(self, K_sq, w2c) -> torch.Tensor:
         """(B, n) raw camera codes of cameras w2c ((4,4) or (B,4,4); world = observation camera
@@ -538,10 +568,9 @@ class GSTEngine:
         (pose_symmetric) and averaged with the left-right mirrored pair (pose_mirror); the
         frames are pose_readout's (observation camera frame, OpenCV axes, unit scene scale)."""
         if not self.config.pose_mirror:
-            return generation.pose_readout(self.model, self.image_tokens(obs_sq), self.image_tokens(tgt_sq),
-                                           self.config.pose_symmetric)
-        images = np.stack([obs_sq, tgt_sq, obs_sq[:, ::-1], tgt_sq[:, ::-1]])
-        codes = self.image_tokenizer.encode(images).reshape(4, -1).to(self.device)
+            codes = self.image_codes(np.stack([obs_sq, tgt_sq]))
+            return generation.pose_readout(self.model, codes[0:1], codes[1:2], self.config.pose_symmetric)
+        codes = self.image_codes(np.stack([obs_sq, tgt_sq, obs_sq[:, ::-1], tgt_sq[:, ::-1]]))
         return generation.mirror_averaged_readout(self.model, codes[0:1], codes[1:2], codes[2:3], codes[3:4],
                                                   self.config.pose_symmetric)
 
@@ -586,7 +615,7 @@ class GSTEngine:
                                 rotation_spread_deg=spread, latency_s=time.perf_counter() - t0,
                                 uncertainty_from="heads")
         with self._autocast():
-            obs_tok, tgt_tok = self.image_tokens(obs_sq), self.image_tokens(tgt_sq)
+            obs_tok, tgt_tok = self.image_codes(np.stack([obs_sq, tgt_sq])).split(1)
             codes = generation.estimate_pose(self.model, obs_tok.expand(samples, -1),
                                              tgt_tok.expand(samples, -1), self.sampling, gen)
         samples_w2c, kept = self._cameras(codes, K_tgt if K_target is not None else None)
