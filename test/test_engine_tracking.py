@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gst_ros.engine.engine import PoseEstimate, confidence_from_covariance
-from gst_ros.engine.tracking import KeyframeTracker, chain_pose
+from gst_ros.engine.tracking import KeyframeTracker, chain_pose, relative_to_keyframe
 from gst_ros.geometry import SCENE_CENTER_REF, invert_pose, look_at, rotation_error_deg, so3_exp, so3_log
 
 
@@ -175,3 +177,41 @@ def test_a_camera_at_the_scene_centre_never_becomes_a_keyframe():
     assert tracker.keyframes == []
     tracker.estimate(engine.image(2))
     assert len(tracker.keyframes) == 1 and tracker.keyframes[0].image[0, 0, 0] == 2
+
+
+angles = st.floats(-170.0, 170.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(angles, st.floats(0.4, 2.5), st.floats(-0.5, 0.5), angles, st.floats(0.4, 2.5), st.floats(-0.5, 0.5))
+def test_relative_to_keyframe_is_the_read_pose_and_chain_pose_undoes_it(az_k, d_k, h_k, az, d, h):
+    kf, cam = orbit_camera(az_k, d_k, h_k), orbit_camera(az, d, h)
+    link = relative_to_keyframe(kf, cam)
+    np.testing.assert_allclose(link, in_frame_of(kf, cam), atol=1e-9)
+    np.testing.assert_allclose(chain_pose(kf, np.zeros((6, 6)), link, np.zeros((6, 6)))[0], cam, atol=1e-9)
+
+
+def test_nearest_view_is_the_seen_view_nearest_the_requested_camera():
+    truth = {j: orbit_camera(20.0 * j, distance=1.0 + 0.1 * j) for j in range(6)}
+    engine = ScriptedEngine(truth)
+    tracker = KeyframeTracker(engine, keyframe_deg=15.0)
+    with pytest.raises(RuntimeError, match="set_reference"):
+        tracker.nearest_view(truth[1])
+    tracker.set_reference(engine.image(0), K=np.eye(3))
+    for j in (1, 2, 3):
+        tracker.estimate(engine.image(j))
+    assert [k.image[0, 0, 0] for k in tracker.keyframes] == [1, 2, 3]
+    # near the reference: the reference itself, the request unchanged
+    near_ref = tracker.nearest_view(orbit_camera(-15.0))
+    assert near_ref.keyframe == 0 and near_ref.image[0, 0, 0] == 0 and near_ref.K is not None
+    np.testing.assert_allclose(near_ref.w2c, orbit_camera(-15.0), atol=1e-12)
+    assert near_ref.angle_deg == pytest.approx(15.0)
+    # 75 deg round: keyframe 3 (frame 3, at 60 deg), the request in that frame's own unit
+    goal = orbit_camera(75.0, distance=1.2)
+    view = tracker.nearest_view(goal)
+    assert view.keyframe == 3 and view.image[0, 0, 0] == 3 and view.angle_deg == pytest.approx(15.0)
+    np.testing.assert_allclose(view.w2c, in_frame_of(truth[3], goal), atol=1e-9)
+    np.testing.assert_allclose(view.view_w2c, truth[3], atol=1e-9)      # its estimate (exact here)
+    np.testing.assert_array_equal(near_ref.view_w2c, np.eye(4))
+    # the request at a keyframe's own pose is the identity from that keyframe
+    np.testing.assert_allclose(tracker.nearest_view(truth[2]).w2c, np.eye(4), atol=1e-9)

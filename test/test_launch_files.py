@@ -121,5 +121,5 @@ def test_rviz_config_shows_the_node_outputs():
     topics = {d["Topic"]["Value"] for d in vm["Displays"] if "Topic" in d}
     classes = {d["Class"] for d in vm["Displays"]}
     assert {"/gst/markers", "/gst/candidate_0/image", "/gst/camera/pose", "/gst/goal_view/image",
-            "/gst/goal_view/spread", "/gst/goal_view/sample"} <= topics
+            "/gst/goal_view/spread", "/gst/goal_view/sample", "/gst/goal_view/observation"} <= topics
     assert "rviz_default_plugins/TF" in classes

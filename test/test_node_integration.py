@@ -73,6 +73,7 @@ def running(model_dir, tmp_path_factory):
             "goal_info": probe.record(CameraInfo, "gst/goal_view/camera_info"),
             "goal_spread": probe.record(Image, "gst/goal_view/spread"),
             "goal_sample": probe.record(Image, "gst/goal_view/sample"),
+            "goal_observation": probe.record(Image, "gst/goal_view/observation"),
             "diag": probe.record(DiagnosticArray, "/diagnostics"),
         }
         pubs = {
@@ -194,7 +195,8 @@ def test_goal_pose_gets_predicted_view(running):
     goal.pose.orientation.y, goal.pose.orientation.w = math.sin(0.15), math.cos(0.15)
     pubs["goal"].publish(goal)
     probe.spin_until(lambda: rec["goal_image"] and rec["goal_info"] and rec["goal_spread"]
-                     and rec["goal_sample"] and _transforms(rec["tf"], "gst_goal"), 60, proc,
+                     and rec["goal_sample"] and rec["goal_observation"]
+                     and _transforms(rec["tf"], "gst_goal_observation"), 60, proc,
                      "the goal's predicted view")
     img = rec["goal_image"][-1]
     assert (img.width, img.height, img.header.frame_id, img.header.stamp.sec) == (32, 32, "gst_goal", 42)
@@ -212,6 +214,16 @@ def test_goal_pose_gets_predicted_view(running):
     # the requested pose comes back unchanged (scaled down for the model, up again for TF)
     assert np.allclose([t.translation.x, t.translation.y, t.translation.z], [0.6, 0.0, -0.4], atol=1e-6)
     assert np.allclose([t.rotation.y, t.rotation.w], [math.sin(0.15), math.cos(0.15)], atol=1e-6)
+    # the seen view it was predicted from (goal_from_keyframes: the reference or a keyframe, as
+    # given) and where that view's camera is: the reference's is the identity
+    obs = rec["goal_observation"][-1]
+    assert (obs.width, obs.height, obs.encoding) == (W, H, "rgb8")
+    assert (obs.header.frame_id, obs.header.stamp.sec) == ("gst_goal_observation", 42)
+    t_obs = _transforms(rec["tf"], "gst_goal_observation")[-1]
+    assert t_obs.header.frame_id == "gst_reference"
+    sent = {sec: bytes(numpy_to_image(rgb_image(H, W, seed=sec)).data) for sec in range(0, 800)}
+    seen_as = [sec for sec, data in sent.items() if data == bytes(obs.data)]
+    assert seen_as, "the observation is one of the frames the node was sent"
 
     bad = PoseStamped()
     bad.header.frame_id = "map"

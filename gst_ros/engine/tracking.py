@@ -79,6 +79,33 @@ def chain_pose(keyframe_w2c: np.ndarray, keyframe_cov: np.ndarray, link_w2c: np.
     return invert_pose(c2w), 0.5 * (cov + cov.T)
 
 
+def relative_to_keyframe(keyframe_w2c: np.ndarray, w2c: np.ndarray) -> np.ndarray:
+    """(4,4) w2c of a camera as seen from a keyframe: world = the keyframe's optical frame (OpenCV
+    axes), unit = the keyframe's distance to the scene centre (as the engine reads any pair).
+    keyframe_w2c, w2c: both in the reference frame (world = reference optical frame, the
+    reference's unit scene scale). The inverse of chain_pose's composition (module docstring):
+    Q_link = Q_k^T Q, C_link = Q_k^T (C - C_k) / s, so chain_pose(keyframe_w2c, ., link, .) gives
+    w2c back."""
+    kf_c2w, c2w = invert_pose(keyframe_w2c), invert_pose(w2c)
+    Q_k, C_k = kf_c2w[:3, :3], kf_c2w[:3, 3]
+    s = float(np.linalg.norm(SCENE_CENTER_REF - C_k))
+    link = np.eye(4)
+    link[:3, :3], link[:3, 3] = Q_k.T @ c2w[:3, :3], Q_k.T @ (c2w[:3, 3] - C_k) / s
+    return invert_pose(link)
+
+
+@dataclass
+class NearestView:
+    """The view a tracker has seen nearest a requested camera (KeyframeTracker.nearest_view)."""
+    image: np.ndarray       # (H,W,3) uint8 RGB as given: the reference or a keyframe
+    K: np.ndarray | None    # its intrinsics (pixels), None = the engine's default
+    w2c: np.ndarray         # (4,4) the requested camera relative to it (relative_to_keyframe)
+    keyframe: int           # 0 = the reference, k = keyframe k (index + 1)
+    angle_deg: float        # rotation between that view's camera and the requested one
+    view_w2c: np.ndarray    # (4,4) that view's own camera in the reference frame (identity for the
+                            # reference; a keyframe's estimated pose)
+
+
 def rotation_variance(covariance: np.ndarray) -> float:
     """Total predicted rotation variance (rad^2): the trace of the rotation block."""
     return float(np.trace(np.asarray(covariance)[3:, 3:]))
@@ -140,6 +167,31 @@ class KeyframeTracker:
             self.keyframes.append(Keyframe(image, None if K is None else np.asarray(K, np.float64),
                                            best.w2c.copy(), best.covariance.copy()))
         return best
+
+
+    def nearest_view(self, w2c: np.ndarray) -> NearestView:
+        """nearest_view over this tracker's reference and keyframes. RuntimeError before
+        set_reference."""
+        if self.reference is None:
+            raise RuntimeError("KeyframeTracker.nearest_view before set_reference")
+        return nearest_view(self.reference, self.keyframes, w2c)
+
+
+def nearest_view(reference: tuple, keyframes: list[Keyframe], w2c: np.ndarray) -> NearestView:
+    """The seen view, the reference ((image, K) with the identity camera) or one of `keyframes`,
+    whose camera is nearest in rotation the requested camera `w2c` ((4,4), world = reference
+    optical frame, OpenCV axes, the reference's unit scene scale), with that camera expressed
+    relative to it (relative_to_keyframe), ready for GSTEngine.predict_view(view.image, view.w2c,
+    K_obs=view.K): predicting from a nearby view leaves the model less to imagine than predicting
+    from a distant reference. The keyframes' poses are estimates, so their errors carry over."""
+    w2c = np.asarray(w2c, dtype=np.float64)
+    angle = float(rotation_error_deg(np.eye(3), w2c[:3, :3]))
+    best = NearestView(reference[0], reference[1], w2c, 0, angle, np.eye(4))
+    for i, kf in enumerate(keyframes):
+        angle = float(rotation_error_deg(kf.w2c[:3, :3], w2c[:3, :3]))
+        if angle < best.angle_deg:
+            best = NearestView(kf.image, kf.K, relative_to_keyframe(kf.w2c, w2c), i + 1, angle, kf.w2c)
+    return best
 
 
 def chained_estimate(link, w2c: np.ndarray, covariance: np.ndarray, keyframe: int):

@@ -18,11 +18,14 @@ true pose of one of the last frames it received (its ground truth relative to th
 normalised as the model's scenes are: the reference camera 1 unit from the point its optical
 axis and the other cameras' axes pass nearest, gst_ros.geometry.normalize_scene) and scores the
 node's answer on gst/goal_view/image (the expected view) and gst/goal_view/sample (the sample
-closest to the goal camera) against that frame, with copying the reference as the baseline.
+closest to the goal camera) against that frame, with two baselines: copying the reference, and
+copying gst/goal_view/observation, the seen view the node predicted from (with the node's
+goal_from_keyframes, the default, the reference or the keyframe nearest the goal).
 
 Outputs in --out (default outputs/demo): frames.csv (one row per estimate), candidates.png (the
 reference view and the candidate views the node proposed), goal_view.png (reference | truth from
-the goal camera | expected view | most consistent sample), summary.txt.
+the goal camera | expected view | most consistent sample | the seen view it was predicted from),
+summary.txt.
 """
 from __future__ import annotations
 
@@ -166,7 +169,8 @@ class _Probe:
         self.candidates: dict[int, np.ndarray] = {}
         self.frames: dict[int, object] = {}           # stamp ns -> the simulator's Image message (the
                                                       # last few; converted only for the goal view)
-        self.goal_view: dict[str, np.ndarray] = {}     # "image" / "sample" -> the node's answer
+        self.goal_view: dict[str, np.ndarray] = {}     # "image" / "sample" / "observation" -> the
+                                                       # node's answer and the view it came from
         self._ns, self._to_w2c, self._to_rgb = stamp_to_nanoseconds, transform_stamped_to_w2c, image_to_numpy
 
         def on_tf(msg):
@@ -198,7 +202,7 @@ class _Probe:
         for i in range(candidates):
             n.create_subscription(Image, f"gst/candidate_{i}/image", on_candidate(i), latched_qos())
         n.create_subscription(Image, f"{CAMERA}/image_raw", on_frame, image_qos("sensor_data", 5))
-        for kind in ("image", "sample"):
+        for kind in ("image", "sample", "observation"):
             n.create_subscription(Image, f"gst/goal_view/{kind}", on_goal_view(kind), output_qos())
         self.goal = n.create_publisher(PoseStamped, "gst/goal", output_qos())
 
@@ -221,9 +225,10 @@ class _Probe:
 
     def ask_goal_view(self, ref_ns: int, reference_frame: str, timeout_s: float = 120.0):
         """Send gst/goal the true pose of the newest frame with ground truth after the reference
-        (goal_from_ground_truth) and wait for the node's expected view and most consistent
-        sample. Returns (goal frame stamp ns, its image, turned deg) or None when no such frame
-        is here or the scene centre is undetermined; the answer lands in self.goal_view."""
+        (goal_from_ground_truth) and wait for the node's expected view, most consistent sample
+        and the seen view it predicted them from. Returns (goal frame stamp ns, its image, turned
+        deg) or None when no such frame is here or the scene centre is undetermined; the answer
+        lands in self.goal_view."""
         from geometry_msgs.msg import PoseStamped
 
         from gst_ros.geometry import GeometryError
@@ -247,7 +252,7 @@ class _Probe:
             self.spin(0.1)
         self.goal_view.clear()
         self.goal.publish(msg)
-        while len(self.goal_view) < 2 and time.monotonic() < end:
+        while len(self.goal_view) < 3 and time.monotonic() < end:
             self.spin(0.1)
         return ns, frame, baseline_deg(self.gt[ref_ns], self.gt[ns])
 
@@ -265,9 +270,10 @@ class _Probe:
 def goal_view_report(goal, probe: _Probe, out: Path) -> str | None:
     """Score the node's answer to the demo's goal (ask_goal_view) against the simulator's frame
     from that camera, at the model resolution: PSNR of the expected view and of the most
-    consistent sample, and of the reference copied as the prediction; writes goal_view.png
-    (reference | truth | expected view | most consistent sample). None (after saying why) when
-    there was no goal or no answer."""
+    consistent sample, and of two copies as the prediction: the reference, and the seen view the
+    node predicted from (goal_from_keyframes: the reference or the keyframe nearest the goal);
+    writes goal_view.png (reference | truth | expected view | most consistent sample | the view
+    predicted from). None (after saying why) when there was no goal or no answer."""
     from PIL import Image as PILImage
 
     from gst_ros.geometry import intrinsics_from_fov
@@ -285,15 +291,23 @@ def goal_view_report(goal, probe: _Probe, out: Path) -> str | None:
         return center_crop_resize(img, intrinsics_from_fov(49.1, img.shape[1], img.shape[0]), size)[0]
 
     truth, ref = at_model_size(frame), at_model_size(image_to_numpy(probe.reference))
+    source = at_model_size(probe.goal_view["observation"]) if "observation" in probe.goal_view else None
     views = [truth, expected] + ([probe.goal_view["sample"]] if "sample" in probe.goal_view else [])
+    views += [source] if source is not None else []
     PILImage.fromarray(montage(ref, views)).save(out / "goal_view.png")
+    copied = ""
+    if source is not None:   # the node's own observation: the reference, a keyframe, or the goal's frame
+        which = ("the reference" if np.array_equal(source, ref)
+                 else "the goal's own frame, kept as a keyframe" if np.array_equal(source, truth)
+                 else "a keyframe")
+        copied = f", copying the view it was predicted from {psnr_uint8(source, truth):.2f} dB ({which})"
     text = (f"goal view from a camera turned {turned:.0f} deg from the reference: PSNR expected view "
             f"{psnr_uint8(expected, truth):.2f} dB"
             + (f", most consistent sample {psnr_uint8(probe.goal_view['sample'], truth):.2f} dB"
                if "sample" in probe.goal_view else "")
-            + f", copying the reference {psnr_uint8(ref, truth):.2f} dB")
+            + f", copying the reference {psnr_uint8(ref, truth):.2f} dB" + copied)
     print(f"[demo] {text}\n[demo] wrote {out / 'goal_view.png'} (reference in red | truth | expected view | "
-          f"most consistent sample)")
+          f"most consistent sample | the view it was predicted from)")
     return text
 
 

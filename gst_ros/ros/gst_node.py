@@ -18,7 +18,8 @@ Topics (relative names, remap as usual):
   out  /tf, /tf_static (tf2_msgs/TFMessage), gst/<camera>/pose (PoseWithCovarianceStamped),
        gst/candidate_<i>/image + camera_info, gst/candidates/poses (PoseArray),
        gst/markers (MarkerArray: frustums), gst/goal_view/image + camera_info (+ spread and
-       sample with view_samples > 1), /diagnostics,
+       sample with view_samples > 1, + observation: the seen view it was predicted from),
+       /diagnostics,
        gst/reference/current (the reference image with its original stamp; transient local)
   srv  gst/set_reference (std_srvs/Trigger): the latest frame of `reference_camera` becomes the
        reference.
@@ -42,7 +43,7 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
-from gst_ros.engine.tracking import KeyframeTracker
+from gst_ros.engine.tracking import KeyframeTracker, NearestView, nearest_view
 from gst_ros.ros import params as P
 from gst_ros.ros.conversions import (
     ConversionError,
@@ -301,6 +302,7 @@ class GSTNode(LifecycleNode):
             "goal_info": self.create_publisher(CameraInfo, "gst/goal_view/camera_info", out),
             "goal_spread": self.create_publisher(Image, "gst/goal_view/spread", out),
             "goal_sample": self.create_publisher(Image, "gst/goal_view/sample", out),
+            "goal_observation": self.create_publisher(Image, "gst/goal_view/observation", out),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", out),
         }
         for c in self.cameras:
@@ -567,15 +569,30 @@ class GSTNode(LifecycleNode):
         total = time.monotonic() - t0
         stats.on_processed(total, total - t_inf)
 
+    def goal_observation(self, ref: Reference, w2c_unit: np.ndarray) -> NearestView:
+        """The seen view a goal camera `w2c_unit` (reference frame, model unit scale) is predicted
+        from (worker thread): with `goal_from_keyframes`, the one nearest it in rotation among the
+        reference and every camera's keyframes on this reference (tracking.nearest_view), else
+        the reference."""
+        keyframes = [kf for version, tracker in self._trackers.values() if version == ref.version
+                     for kf in tracker.keyframes] if self.p("goal_from_keyframes") else []
+        return nearest_view((ref.image, ref.K), keyframes, w2c_unit)
+
     def _run_goal(self, ref: Reference, stamp, w2c_unit: np.ndarray, received: float) -> None:
-        view = self.engine.predict_view(ref.image, w2c_unit, K_obs=ref.K)
+        source = self.goal_observation(ref, w2c_unit)
+        view = self.engine.predict_view(source.image, source.w2c, K_obs=source.K)
         frame_id = f"{self.candidate_prefix}goal"
         if stamp.sec == 0 and stamp.nanosec == 0:
             stamp = self.get_clock().now().to_msg()
         size = view.image.shape[0]
-        w2c = scale_translation(view.w2c, float(self.p("translation_scale")))
-        self._gst_pubs["tf"].publish(tf_message([w2c_to_transform_stamped(w2c, self.reference_frame, frame_id,
-                                                                      stamp=stamp)]))
+        scale = float(self.p("translation_scale"))
+        w2c = scale_translation(w2c_unit, scale)   # the requested camera, in the reference frame
+        obs_frame = f"{self.candidate_prefix}goal_observation"
+        self._gst_pubs["tf"].publish(tf_message([
+            w2c_to_transform_stamped(w2c, self.reference_frame, frame_id, stamp=stamp),
+            w2c_to_transform_stamped(scale_translation(source.view_w2c, scale), self.reference_frame,
+                                     obs_frame, stamp=stamp)]))
+        self._gst_pubs["goal_observation"].publish(numpy_to_image(source.image, stamp, obs_frame))
         self._gst_pubs["goal_image"].publish(numpy_to_image(view.image, stamp, frame_id))
         self._gst_pubs["goal_info"].publish(K_to_camera_info(view.K, size, size, stamp, frame_id))
         spread = view.spread_image()  # mono8: the samples' standard deviation in 0-255 intensity units

@@ -89,6 +89,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("candidate_frame_prefix", "gst_", "candidate TF frames are <prefix>candidate_<i>"),
     Param("goal_topic", "gst/goal", "geometry_msgs/PoseStamped: pose of a requested camera in the reference "
           "frame; answered with a predicted view on gst/goal_view/{image,camera_info}"),
+    Param("goal_from_keyframes", True, "predict a goal's view from the seen view nearest it in rotation (the "
+          "reference or a keyframe of any camera; published on gst/goal_view/observation) instead of always "
+          "from the reference", read_only=False),
     # rviz and diagnostics
     Param("frustum_depth", 0.2, "drawn depth of camera frustums (metres, after translation_scale)",
           read_only=False, range=(1e-4, 100.0)),
