@@ -44,6 +44,7 @@ def test_quick_pipeline_end_to_end(quick):
         assert rows[("copy observation", group)]["side@1"] == 0.0
         assert rows[("chance", group)]["side@1"] == pytest.approx(1 / 6)
         assert math.isfinite(rows[(evaluate.TOKENIZER_BOUND, group)]["PSNR"])
+        assert math.isfinite(rows[(evaluate.OWN_CAMERA, group)]["PSNR"])   # the copy check
         assert 0.0 <= mean4["side@1"] <= 1.0 and 0.0 <= mean4["side err"] <= 180.0
         # identity's error is each pair's angular baseline: it scores only pairs closer than 15 degrees
         ident = [r for r in csv.DictReader(open(out / "eval" / "per_pair.csv")) if r["method"] == "identity"]

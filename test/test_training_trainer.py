@@ -621,3 +621,79 @@ def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
         TrainConfig(camera_contrast_weight=-1.0)
     with pytest.raises(ValueError, match="single-process"):
         TrainConfig(camera_contrast_weight=0.1, strategy="ddp")
+
+
+def test_identity_pairs_make_the_observation_its_own_target_at_the_identity_camera(tmp_path):
+    """IdentityPairs: chosen rows get the observation as the target, the identity camera's codes
+    (the camera tokenizer's encoding of rel_w2c = I with the pair's K, computed once per K) and
+    rel_w2c = I; the other rows and the input batch are untouched. identity_draws are the
+    configured share, reproducible, and leave step_draws as they were."""
+    sys.path.insert(0, str(REPO / "test"))
+    from engine_fixtures import TINY_IMAGE, make_tiny_model
+
+    from gst_ros.models.tokenizer import CameraTokenizer
+    from training.token_shards import TokenShardDataset, collate
+    from training.train_gst import IdentityPairs, identity_draws, step_draws
+
+    cam = CameraTokenizer.from_dir(make_tiny_model(tmp_path) / "camera_tokenizer")
+    data = TokenShardDataset(make_shards(tmp_path / "s"))
+    tokens = collate([data[i] for i in range(6)])
+    tokens["K"] = torch.tensor([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]]).expand(6, 3, 3).clone()
+    tokens["K"][5, 0, 0] = 40.0
+    before = {k: v.clone() for k, v in tokens.items()}
+    ident = IdentityPairs(cam, TINY_IMAGE.resolution)
+    encoded = []
+    encode = cam.encode
+    cam.encode = lambda *a, **kw: encoded.append(1) or encode(*a, **kw)
+    rows = torch.tensor([True, False, True, False, False, True])
+    out = ident.apply(tokens, rows)
+    for k in before:
+        assert torch.equal(tokens[k], before[k])                # the input batch is not changed
+    for i in range(6):
+        if rows[i]:
+            assert torch.equal(out["image"][i], tokens["observation"][i])
+            want = encode(tokens["K"][i:i + 1].double(), torch.eye(4, dtype=torch.float64)[None],
+                          image_size=TINY_IMAGE.resolution).reshape(-1)
+            assert torch.equal(out["camera"][i], want)
+            assert torch.equal(out["rel_w2c"][i], torch.eye(4, dtype=tokens["rel_w2c"].dtype))
+        else:
+            for k in ("image", "camera", "rel_w2c", "observation"):
+                assert torch.equal(out[k][i], tokens[k][i])
+    assert len(encoded) == 2                                     # two distinct K: two encodes
+    assert not torch.equal(out["camera"][0], out["camera"][5])   # the camera depends on K
+    ident.apply(tokens, rows)
+    assert len(encoded) == 2                                     # cached
+    assert ident.apply(tokens, torch.zeros(6, dtype=torch.bool)) is tokens
+
+    cfg = tiny_cfg(tmp_path / "s", identity_pair_prob=0.25, batch_size=64)
+    draws = torch.stack([identity_draws(cfg, step) for step in range(50)])
+    assert abs(float(draws.float().mean()) - 0.25) < 0.03
+    assert torch.equal(draws[7], identity_draws(cfg, 7))
+    plain = tiny_cfg(tmp_path / "s", batch_size=64)
+    for step in (0, 3):
+        assert all(torch.equal(a, b) for a, b in zip(step_draws(cfg, step), step_draws(plain, step)))
+    with pytest.raises(ValueError, match="identity_pair_prob"):
+        TrainConfig(identity_pair_prob=1.0)
+
+
+def test_identity_pairs_reach_training_and_need_the_camera_tokenizer(tmp_path):
+    """A run with identity_pair_prob trains on shards whose manifest names the camera tokenizer;
+    shards that do not are refused with an error that says what is missing."""
+    sys.path.insert(0, str(REPO / "test"))
+    from engine_fixtures import TINY_IMAGE, make_tiny_model
+
+    model = make_tiny_model(tmp_path)
+    rng = np.random.default_rng(0)
+    meta = {"camera_tokenizer": str(model / "camera_tokenizer"), "image_size": TINY_IMAGE.resolution}
+    K = np.array([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]])
+    with ShardWriter(tmp_path / "s", (4, 4), 64, 32, pairs_per_shard=16, metadata=meta) as w:
+        for s in range(8):
+            views = rng.integers(0, 64, (3, 16))
+            w.add_scene(f"s{s}", "toy", views, np.array([[0, 1], [1, 2]]), rng.integers(0, 32, (2, 16)),
+                        np.tile(np.eye(4), (2, 1, 1)), np.tile(K, (2, 1, 1)))
+    result = train(tiny_cfg(tmp_path / "s", identity_pair_prob=0.5, max_steps=3), tmp_path / "run",
+                   progress=False, export=False)
+    assert result["step"] == 3 and np.isfinite(result["loss"])
+    with pytest.raises(ValueError, match="camera tokenizer"):
+        train(tiny_cfg(make_shards(tmp_path / "bare"), identity_pair_prob=0.5, max_steps=1), tmp_path / "r2",
+              progress=False, export=False)

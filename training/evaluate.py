@@ -30,7 +30,9 @@ per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view
 with it "gst, most consistent of k": the one of those k samples the model places closest to the
 requested camera (PredictedView.consistent_sample, GSTEngine.view_consistency). The row "truth
 through the image tokenizer (bound)" encodes and decodes the true view: what a perfect transformer
-would score through this tokenizer.
+would score through this tokenizer. The row "gst at the observation's own camera (copy check)"
+asks for the view from the observation's own camera (the identity) and scores it against the
+observation itself (one sample per scene): a model that uses its camera copies it.
 Side retrieval ("is it recognisably the requested side?"): each predicted view is compared (PSNR)
 with every view of its scene (the observation, the requested view and the others; with the
 synthetic reader the whole orbit, training views included) and the nearest is kept: side@1 is
@@ -74,6 +76,7 @@ THRESHOLDS = (15.0, 30.0)
 ANGLE_BINS = (("<30", 0.0, 30.0), ("30-60", 30.0, 60.0), (">60", 60.0, 180.0 + 1e-9))
 POSE_METHODS = ("gst", "gst-head", "gst-prior", "opencv", "identity")
 TOKENIZER_BOUND = "truth through the image tokenizer (bound)"
+OWN_CAMERA = "gst at the observation's own camera (copy check)"
 
 
 # ------------------------------------------------------------------ maths
@@ -331,6 +334,13 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
             size = engine.image_size
             gallery, gallery_w2c = retrieval_gallery(scene, size)
             obs_sq = gallery[0]
+            own = engine.predict_view(scene.images[0], np.eye(4), K_obs=scene.K[0], seed=seed,
+                                      samples=1).image
+            side = side_retrieval(own, gallery, gallery_w2c, 0)
+            nvs_rows.append({"method": OWN_CAMERA, "group": scene.group, "category": scene.category,
+                             "scene": scene.scene_id, "j": 0, "psnr": float(psnr(own, obs_sq)[0]),
+                             "ssim": float(ssim(own, obs_sq)[0]), "side@1": float(side.hit),
+                             "side_err_deg": side.error_deg})
             for j in range(1, n):
                 truth = gallery[j]
                 preds = []

@@ -105,6 +105,10 @@ class TrainConfig:
     camera_contrast_weight: float = 0.0  # > 0: each <GEN> sample's target view must be likelier
                                          # under its own camera than under another camera of the
                                          # same observation (camera_contrast_loss; single-process)
+    identity_pair_prob: float = 0.0      # > 0: this share of each batch's pairs becomes an identity
+                                         # pair, the observation as its own target at the identity
+                                         # camera (IdentityPairs): data whose views are all >= 30 deg
+                                         # apart never shows the model a view it should copy
     train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
                                          # [center_head]); empty: all. The rest stay frozen;
                                          # only read-out heads: the token loss is skipped (logged 0)
@@ -146,6 +150,7 @@ class TrainConfig:
                   (self.pose_aux_weight >= 0, "pose_aux_weight must be >= 0"),
                   (self.center_aux_weight >= 0, "center_aux_weight must be >= 0"),
                   (self.camera_contrast_weight >= 0, "camera_contrast_weight must be >= 0"),
+                  (0.0 <= self.identity_pair_prob < 1.0, "identity_pair_prob must lie in [0, 1)"),
                   (self.camera_contrast_weight == 0 or self.strategy == "none",
                    "camera_contrast_weight is single-process only for now (strategy: none): a "
                    "two-process DDP run of it aborted once in CI and the cause is not found"),
@@ -460,6 +465,54 @@ def step_draws(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]
     return tasks, dropped
 
 
+def identity_draws(cfg: TrainConfig, step: int) -> torch.Tensor:
+    """(B,) bool: which pairs of the global batch of `step` become identity pairs (IdentityPairs);
+    the same on every rank, and drawn apart from step_draws so that its draws do not move."""
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7 + 5)
+    return torch.rand(cfg.batch_size, generator=gen) < cfg.identity_pair_prob
+
+
+class IdentityPairs:
+    """Makes identity pairs out of a batch's pairs: the target view becomes the observation itself
+    and its camera the observation's own, rel_w2c = I (world = the observation's optical frame,
+    so the camera sits at the origin looking down +z, unit scale unchanged), whose camera tokens
+    are the camera tokenizer's codes of that identity camera's Plücker map with the pair's K
+    (pixels, at the shards' model image size; cached per K). The pose head's target is then the
+    identity rotation and the centre head's the origin. A sibling camera (another target of the
+    same observation) stays a valid wrong camera for the contrastive loss."""
+
+    def __init__(self, camera_tokenizer, image_size: int):
+        self.tokenizer, self.image_size = camera_tokenizer, int(image_size)
+        self._codes: dict[bytes, torch.Tensor] = {}
+
+    def codes(self, K: torch.Tensor) -> torch.Tensor:
+        """(B, n) int64 camera codes of the identity camera for intrinsics K (B, 3, 3)."""
+        out = []
+        for k in K.double():
+            key = k.numpy().tobytes()
+            if key not in self._codes:
+                grid = self.tokenizer.encode(k[None], torch.eye(4, dtype=torch.float64)[None],
+                                             image_size=self.image_size)
+                self._codes[key] = grid.reshape(-1).long()
+            out.append(self._codes[key])
+        return torch.stack(out)
+
+    def apply(self, tokens: dict, rows: torch.Tensor) -> dict:
+        """A copy of the collated batch `tokens` with the pairs where `rows` (B,) bool is set
+        made identity pairs."""
+        if not bool(rows.any()):
+            return tokens
+        out = dict(tokens)
+        idx = torch.nonzero(rows).flatten()
+        out["image"] = tokens["image"].clone()
+        out["image"][idx] = tokens["observation"][idx]
+        out["camera"] = tokens["camera"].clone()
+        out["camera"][idx] = self.codes(tokens["K"][idx]).to(tokens["camera"].dtype)
+        out["rel_w2c"] = tokens["rel_w2c"].clone()
+        out["rel_w2c"][idx] = torch.eye(4, dtype=tokens["rel_w2c"].dtype)
+        return out
+
+
 def batch_from_tokens(model_cfg: GSTConfig, tokens: dict, tasks: torch.Tensor, dropped: torch.Tensor,
                       objective: str, device: torch.device):
     """sequence.Batch on `device` from collated shard items, with the given per-sample tasks and
@@ -670,6 +723,17 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                f"objective {cfg.objective}, global batch {cfg.batch_size} = {info.world_size} rank(s) x "
                f"{cfg.grad_accum} micro-steps, device {device}")
 
+    identity = None
+    if cfg.identity_pair_prob > 0:
+        from gst_ros.models.tokenizer import CameraTokenizer
+
+        meta = manifest.get("metadata", {})
+        path = cfg.camera_tokenizer or meta.get("camera_tokenizer", "")
+        if not path or not Path(path).is_dir() or "image_size" not in meta:
+            raise ValueError(f"identity_pair_prob needs the camera tokenizer the shards were made with "
+                             f"(no model directory at {path!r}; set camera_tokenizer) and the shards' "
+                             f"image_size (manifest metadata)")
+        identity = IdentityPairs(CameraTokenizer.from_dir(path), meta["image_size"])
     sampler = StepBatches(len(data), cfg, info, start)
     # own generator: starting a DataLoader iterator must not draw from the global RNG that the
     # dropouts use (else a resumed run's dropout masks would shift by one draw)
@@ -691,6 +755,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         tasks, dropped = step_draws(cfg, step)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1024 + info.rank)
         tasks, dropped = tasks[rs], dropped[rs]
+        copies = identity_draws(cfg, step)[rs] if identity is not None else None
         loss_sum = torch.zeros((), device=device)
         aux_sum = torch.zeros((), device=device)
         center_sum = torch.zeros((), device=device)
@@ -698,6 +763,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         for k in range(cfg.grad_accum):
             tokens = next(it)
             sl = slice(k * micro, (k + 1) * micro)
+            if copies is not None:
+                tokens = identity.apply(tokens, copies[sl])
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks[sl], dropped[sl], cfg.objective,
                                                device)
             inp = noise_second_segment(model_cfg.vocabulary, model_cfg.layout, inp, tasks[sl],
