@@ -477,7 +477,9 @@ class IdentityPairs:
     and its camera the observation's own, rel_w2c = I (world = the observation's optical frame,
     so the camera sits at the origin looking down +z, unit scale unchanged), whose camera tokens
     are the camera tokenizer's codes of that identity camera's Plücker map with the pair's K
-    (pixels, at the shards' model image size; cached per K). The pose head's target is then the
+    (pixels, at the shards' model image size; cached per K). The shards keep the target view's K
+    only, so that is the K used: exact where a data set's views share one K (the renders), an
+    approximation where the observation's differs. The pose head's target is then the
     identity rotation and the centre head's the origin. A sibling camera (another target of the
     same observation) stays a valid wrong camera for the contrastive loss."""
 

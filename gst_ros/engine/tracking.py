@@ -96,7 +96,7 @@ def relative_to_keyframe(keyframe_w2c: np.ndarray, w2c: np.ndarray) -> np.ndarra
 
 @dataclass
 class NearestView:
-    """The view a tracker has seen nearest a requested camera (KeyframeTracker.nearest_view)."""
+    """The seen view nearest a requested camera (nearest_view, KeyframeTracker.nearest_view)."""
     image: np.ndarray       # (H,W,3) uint8 RGB as given: the reference or a keyframe
     K: np.ndarray | None    # its intrinsics (pixels), None = the engine's default
     w2c: np.ndarray         # (4,4) the requested camera relative to it (relative_to_keyframe)
@@ -167,7 +167,6 @@ class KeyframeTracker:
             self.keyframes.append(Keyframe(image, None if K is None else np.asarray(K, np.float64),
                                            best.w2c.copy(), best.covariance.copy()))
         return best
-
 
     def nearest_view(self, w2c: np.ndarray) -> NearestView:
         """nearest_view over this tracker's reference and keyframes. RuntimeError before
