@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gst_ros.geometry import SCENE_CENTER_REF, invert_pose, rotation_error_deg
+from gst_ros.geometry import SCENE_CENTER_REF, camera_center, invert_pose, relative_pose, rotation_error_deg
 from gst_ros.geometry.rotations import skew
 
 DEFAULT_KEYFRAME_DEG = 30.0
@@ -86,12 +86,9 @@ def relative_to_keyframe(keyframe_w2c: np.ndarray, w2c: np.ndarray) -> np.ndarra
     reference's unit scene scale). The inverse of chain_pose's composition (module docstring):
     Q_link = Q_k^T Q, C_link = Q_k^T (C - C_k) / s, so chain_pose(keyframe_w2c, ., link, .) gives
     w2c back."""
-    kf_c2w, c2w = invert_pose(keyframe_w2c), invert_pose(w2c)
-    Q_k, C_k = kf_c2w[:3, :3], kf_c2w[:3, 3]
-    s = float(np.linalg.norm(SCENE_CENTER_REF - C_k))
-    link = np.eye(4)
-    link[:3, :3], link[:3, 3] = Q_k.T @ c2w[:3, :3], Q_k.T @ (c2w[:3, 3] - C_k) / s
-    return invert_pose(link)
+    link = relative_pose(keyframe_w2c, w2c)
+    link[:3, 3] /= float(np.linalg.norm(SCENE_CENTER_REF - camera_center(keyframe_w2c)))
+    return link
 
 
 @dataclass
