@@ -132,9 +132,9 @@ def test_bad_samples_raise(bad, msg):
 # ------------------------------------------------------------------ the read-out heads' pose
 
 def readout(M, C, log_var):
-    from gst_ros.models.transformer import PoseReadout
+    from gst_ros.models.transformer import HeadReadout
 
-    return PoseReadout(torch.tensor(np.asarray(M, float))[None], torch.tensor(np.asarray(C, float))[None],
+    return HeadReadout(torch.tensor(np.asarray(M, float))[None], torch.tensor(np.asarray(C, float))[None],
                        torch.tensor(np.asarray(log_var, float))[None])
 
 
@@ -155,10 +155,10 @@ def test_head_pose_from_an_exact_rotation_is_certain():
     assert conf == pytest.approx(math.exp(-math.sqrt(0.14) / 0.2), rel=1e-3)
     with pytest.raises(ValueError, match="non-finite"):
         head_pose_estimate(readout(R * np.nan, C, np.zeros(3)))
-    from gst_ros.models.transformer import PoseReadout
+    from gst_ros.models.transformer import HeadReadout
 
     with pytest.raises(ValueError, match="centre head"):
-        head_pose_estimate(PoseReadout(torch.tensor(R)[None]))
+        head_pose_estimate(HeadReadout(torch.tensor(R)[None]))
 
 
 def test_head_pose_recovers_the_total_spread_of_the_rotations_it_averages():

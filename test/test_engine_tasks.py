@@ -278,7 +278,7 @@ def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_p
     rotation and the rotation the head reads from (observation, view); predict_view keeps the
     view whose reading is closest."""
     from gst_ros.engine import generation
-    from gst_ros.models.transformer import PoseReadout
+    from gst_ros.models.transformer import HeadReadout
 
     model_dir = make_tiny_model(tmp_path, seed=4, name="cons", pose_head=True)
     eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
@@ -287,7 +287,7 @@ def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_p
     R_req = TARGET_W2C[:3, :3]
     read = [cv2.Rodrigues(np.array([0.0, math.radians(t), 0.0]))[0] @ R_req for t in turns]
     monkeypatch.setattr(generation, "pose_readout",
-                        lambda model, o, i, symmetric=False: PoseReadout(torch.tensor(np.stack(read))))
+                        lambda model, o, i, symmetric=False: HeadReadout(torch.tensor(np.stack(read))))
     view = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3)
     np.testing.assert_allclose(view.consistency, [-t for t in turns], atol=1e-6)
     monkeypatch.undo()

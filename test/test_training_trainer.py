@@ -589,20 +589,29 @@ def test_camera_contrast_loss_is_the_two_way_camera_choice():
     assert float(loss.detach()) == pytest.approx(by_hand(rows, sib["sibling_camera"][rows]), rel=1e-5)
 
 
-def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
-    """camera_contrast_weight reaches training: on pairs whose view follows from the camera, the
-    logged contrast loss falls from log 2 (nothing told apart) as the model learns to prefer each
-    view's own camera, and the held-out view depends more on its camera (val_image_gain_camera)
-    than after the same steps without it; without it the column is absent."""
+def toy_camera_view_shards(root, scenes: int = 30) -> tuple[int, int]:
+    """Shards on a 2x2 grid (16 image codes, 8 camera codes) whose target view follows from the
+    observation and the camera, view = (observation + 3 camera) mod 16 per cell, each
+    observation seen from two cameras (so each pair has a sibling). Returns (image_vocab,
+    camera_vocab)."""
     grid, iv, cv = (2, 2), 16, 8
     rng = np.random.default_rng(0)
-    with ShardWriter(tmp_path / "s", grid, iv, cv, pairs_per_shard=64) as w:
-        for s in range(30):  # one observation seen from two cameras: each pair has a sibling
+    with ShardWriter(root, grid, iv, cv, pairs_per_shard=64) as w:
+        for s in range(scenes):
             obs = rng.integers(0, iv, 4)
             cams = rng.integers(0, cv, (2, 4))
             views = np.stack([obs, *((obs + 3 * cams) % iv)])
             w.add_scene(f"s{s}", "toy", views, np.array([[0, 1], [0, 2]]), cams,
                         np.tile(np.eye(4), (2, 1, 1)), np.tile(np.eye(3), (2, 1, 1)))
+    return iv, cv
+
+
+def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
+    """camera_contrast_weight reaches training: on pairs whose view follows from the camera, the
+    logged contrast loss falls from log 2 (nothing told apart) as the model learns to prefer each
+    view's own camera, and the held-out view depends more on its camera (val_image_gain_camera)
+    than after the same steps without it; without it the column is absent."""
+    toy_camera_view_shards(tmp_path / "s")
     base = {"model_overrides": {"dim": 64, "n_layer": 1, "n_head": 1}, "p_gen": 1.0, "cond_drop_prob": 0.0,
             "max_steps": 60, "val_shards": str(tmp_path / "s")}
     with_contrast = train(tiny_cfg(tmp_path / "s", camera_contrast_weight=1.0, **base), tmp_path / "c",
@@ -621,6 +630,46 @@ def test_camera_contrast_trains_the_view_to_follow_its_camera(tmp_path):
         TrainConfig(camera_contrast_weight=-1.0)
     with pytest.raises(ValueError, match="single-process"):
         TrainConfig(camera_contrast_weight=0.1, strategy="ddp")
+
+
+def test_view_aux_loss_trains_the_view_head_from_observation_and_camera(tmp_path):
+    """view_aux_weight gives the model a view head and trains it: on pairs whose view follows from
+    the observation and the camera, the head's held-out cross-entropy per cell falls from
+    ln(image_vocab) (the zero head) to far below, and the logged view_aux falls with it. The loss
+    counts only the samples in use; the head is added to a checkpoint without one."""
+    from training.train_gst import build_model_config, view_aux_loss
+
+    iv, cv = toy_camera_view_shards(tmp_path / "s")
+    base = {"model_overrides": {"dim": 64, "n_layer": 1, "n_head": 1}, "p_gen": 1.0, "cond_drop_prob": 0.0,
+            "val_shards": str(tmp_path / "s")}
+    plain = train(tiny_cfg(tmp_path / "s", max_steps=2, **base), tmp_path / "p", progress=False)
+    assert "val_view_head_nll" not in plain
+    assert "view_aux" not in read_log(tmp_path / "p" / "train_log.csv")[0]
+    start = train(tiny_cfg(tmp_path / "s", max_steps=1, lr=1e-12, min_lr=0.0, view_aux_weight=1.0,
+                           init_from=str(tmp_path / "p/model/gst"), **base), tmp_path / "v0",
+                  progress=False, export=False)
+    assert start["val_view_head_nll"] == pytest.approx(np.log(iv), abs=1e-4)  # the zero head
+    res = train(tiny_cfg(tmp_path / "s", max_steps=150, lr=3e-3, view_aux_weight=1.0,
+                         init_from=str(tmp_path / "p/model/gst"), **base), tmp_path / "v", progress=False)
+    assert res["val_view_head_nll"] < 0.7 * np.log(iv)
+    log = read_log(tmp_path / "v" / "train_log.csv")
+    assert np.mean([float(r["view_aux"]) for r in log[-3:]]) < 0.75 * float(log[0]["view_aux"])
+    meta, state = load_model_dir(tmp_path / "v/model/gst", "gst")
+    assert meta["config"]["view_head"] and state["view_head.weight"].shape == (iv, 64)
+    assert build_model_config(tiny_cfg(tmp_path / "s", view_aux_weight=0.5),
+                              {"image_vocab": iv, "camera_vocab": cv, "grid": [2, 2]}).view_head
+    # the loss itself: cross-entropy per cell over the samples in use only
+    logits = torch.zeros(3, 4, iv, requires_grad=True)
+    image = torch.randint(0, iv, (3, 4))
+    use = torch.tensor([True, False, True])
+    loss = view_aux_loss(logits, image, use)
+    assert loss.item() == pytest.approx(np.log(iv))
+    loss.backward()
+    assert float(logits.grad[1].abs().sum()) == 0.0 and float(logits.grad[0].abs().sum()) > 0
+    none = view_aux_loss(logits, image, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="view_aux_weight"):
+        TrainConfig(view_aux_weight=-1.0)
 
 
 def test_identity_pairs_make_the_observation_its_own_target_at_the_identity_camera(tmp_path):

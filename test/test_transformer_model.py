@@ -304,7 +304,7 @@ def test_layout_matches_config():
 
 
 def test_pose_head_reads_the_first_camera_token_input():
-    """return_pose gives the head's (B, 3, 3) output at input index 2n, which depends on the
+    """return_heads gives the head's (B, 3, 3) output at input index 2n, which depends on the
     tokens up to 2n and on none after it (causal); without a head, or with a KV cache, it is an
     error that says so."""
     cfg = gst_config("tiny", grid=(2, 2), pose_head=True, token_dropout=0.0, resid_dropout=0.0,
@@ -313,20 +313,52 @@ def test_pose_head_reads_the_first_camera_token_input():
     model = GST(cfg).eval()
     n = cfg.layout.n
     idx = torch.randint(0, cfg.image_vocab, (2, 3 * n))
-    logits, readout = model(idx, return_pose=True)
+    logits, readout = model(idx, return_heads=True)
     pose = readout.rotation
     assert logits.shape == (2, 3 * n, cfg.vocab_size) and pose.shape == (2, 3, 3)
     assert readout.center is None and readout.center_log_var is None  # no centre head
     later = idx.clone()
     later[:, 2 * n + 1:] = 0
-    torch.testing.assert_close(model(later, return_pose=True)[1].rotation, pose)
+    torch.testing.assert_close(model(later, return_heads=True)[1].rotation, pose)
     earlier = idx.clone()
     earlier[:, 2 * n] = (idx[:, 2 * n] + 1) % cfg.image_vocab
-    assert not torch.allclose(model(earlier, return_pose=True)[1].rotation, pose)
+    assert not torch.allclose(model(earlier, return_heads=True)[1].rotation, pose)
     with pytest.raises(ValueError, match="full training prefix"):
-        model(idx[:, : 2 * n], return_pose=True)
-    with pytest.raises(ValueError, match="pose_head=True"):
-        GST(gst_config("tiny", grid=(2, 2)))(idx, return_pose=True)
+        model(idx[:, : 2 * n], return_heads=True)
+    with pytest.raises(ValueError, match="a pose head or a view head"):
+        GST(gst_config("tiny", grid=(2, 2)))(idx, return_heads=True)
+
+
+def test_view_head_reads_each_cell_from_its_camera_token():
+    """The view head gives (B, n, image_vocab) logits, cell k read from the final state at input
+    index n+1+k (in the <GEN> order the camera token of cell k): it depends on the tokens up to
+    that index and on none after it. It starts at zero (uniform over the codes), adding it
+    changes neither the token logits nor the pose head, and a model with only a view head gives
+    no rotation."""
+    base = dict(grid=(2, 2), pose_head=True, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
+    torch.manual_seed(0)
+    plain = GST(gst_config("tiny", **base)).eval()
+    model = GST(gst_config("tiny", view_head=True, **base)).eval()
+    model.load_state_dict({**model.state_dict(), **plain.state_dict()})
+    n, vocab = model.config.layout.n, model.config.image_vocab
+    idx = torch.randint(0, vocab, (3, 3 * n))
+    logits, readout = model(idx, return_heads=True)
+    ref_logits, ref = plain(idx, return_heads=True)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(readout.rotation, ref.rotation)
+    assert ref.view_logits is None
+    assert readout.view_logits.shape == (3, n, vocab)
+    assert float(readout.view_logits.abs().max()) == 0.0
+    torch.nn.init.normal_(model.view_head.weight)  # a trained head reads the states
+    view = model(idx, return_heads=True)[1].view_logits
+    later = idx.clone()
+    later[:, n + 3:] = 0  # input indices n+3 onward: cells 2 and 3 change, cells 0 and 1 cannot
+    moved = model(later, return_heads=True)[1].view_logits
+    torch.testing.assert_close(moved[:, :2], view[:, :2])
+    assert not torch.allclose(moved[:, 2:], view[:, 2:])
+    only = GST(gst_config("tiny", grid=(2, 2), view_head=True)).eval()
+    _, alone = only(idx, return_heads=True)
+    assert alone.rotation is None and alone.view_logits.shape == (3, n, vocab)
 
 
 def test_center_head_reads_the_same_target_view_states():
@@ -342,8 +374,8 @@ def test_center_head_reads_the_same_target_view_states():
     model.load_state_dict(state)
     n = model.config.layout.n
     idx = torch.randint(0, model.config.image_vocab, (3, 3 * n))
-    logits, readout = model(idx, return_pose=True)
-    ref_logits, ref = plain(idx, return_pose=True)
+    logits, readout = model(idx, return_heads=True)
+    ref_logits, ref = plain(idx, return_heads=True)
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(readout.rotation, ref.rotation)
     assert readout.center.shape == (3, 3) and readout.center_log_var.shape == (3, 3)
@@ -353,12 +385,12 @@ def test_center_head_reads_the_same_target_view_states():
     torch.testing.assert_close(readout.center_log_var, torch.zeros(3, 3))
     later = idx.clone()
     later[:, 2 * n + 1:] = 0
-    torch.testing.assert_close(model(later, return_pose=True)[1].center, readout.center)
+    torch.testing.assert_close(model(later, return_heads=True)[1].center, readout.center)
     earlier = idx.clone()
     earlier[:, n + 1] = (idx[:, n + 1] + 1) % model.config.image_vocab
     torch.nn.init.normal_(model.center_head[-1].weight)  # a trained head reads the states too
-    changed = model(earlier, return_pose=True)[1]
-    assert not torch.allclose(changed.center_log_var, model(idx, return_pose=True)[1].center_log_var)
+    changed = model(earlier, return_heads=True)[1]
+    assert not torch.allclose(changed.center_log_var, model(idx, return_heads=True)[1].center_log_var)
     with pytest.raises(ValueError, match="set pose_head too"):
         gst_config("tiny", grid=(2, 2), center_head=True)
 
@@ -374,9 +406,9 @@ def test_center_head_under_bf16_autocast():
     model = GST(cfg).eval()
     n = cfg.layout.n
     idx = torch.randint(0, cfg.image_vocab, (4, 3 * n))
-    _, ref = model(idx, return_pose=True)
+    _, ref = model(idx, return_heads=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, low = model(idx, return_pose=True)
+        _, low = model(idx, return_heads=True)
     assert torch.isfinite(low.center).all()
     torch.testing.assert_close(low.center.float(), ref.center, atol=0.05, rtol=0.0)
     C = torch.randn(5, 3, 3).bfloat16()

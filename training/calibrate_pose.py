@@ -59,7 +59,7 @@ from gst_ros.engine.engine import (
 from gst_ros.engine.generation import pose_readout
 from gst_ros.geometry import invert_pose, so3_log
 from gst_ros.geometry.conventions import camera_center
-from gst_ros.models.transformer import PoseReadout
+from gst_ros.models.transformer import HeadReadout
 from training.evaluate import normalized_cameras, scenes_from_reader
 from training.logging_utils import pyplot, save_figure
 from training.token_shards import TokenShardDataset, collate
@@ -135,7 +135,7 @@ def head_errors(engine: GSTEngine, data: TokenShardDataset, indices, batch: int 
         readout = pose_readout(engine.model, items["observation"].to(engine.device),
                                items["image"].to(engine.device), engine.config.pose_symmetric)
         for j in range(len(items["observation"])):
-            one_readout = PoseReadout(*(t[j:j + 1] for t in readout))
+            one_readout = HeadReadout(*(None if t is None else t[j:j + 1] for t in readout))
             w2c, cov, _, rms = head_pose_estimate(one_readout, **UNCALIBRATED)
             _add_pair(out, w2c, cov, rms, items["rel_w2c"][j].numpy())
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}

@@ -118,7 +118,7 @@ class GSTPoseProbe(nn.Module):
     def forward(self, observation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.gst.config
         prefix = build_prefix(cfg.vocabulary, cfg.layout, observation, "est", target)
-        return self.gst(prefix, return_pose=True)[1].rotation
+        return self.gst(prefix, return_heads=True)[1].rotation
 
 
 @torch.no_grad()

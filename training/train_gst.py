@@ -102,6 +102,8 @@ class TrainConfig:
     target_token_noise: float = 0.0      # share of teacher-forced second-segment inputs randomised
     pose_aux_weight: float = 0.0         # > 0: auxiliary rotation loss through the model's pose head
     center_aux_weight: float = 0.0       # > 0: camera-centre loss through the model's centre head
+    view_aux_weight: float = 0.0         # > 0: target-view code loss through the model's view head,
+                                         # read before any target token is seen (view_aux_loss)
     camera_contrast_weight: float = 0.0  # > 0: each <GEN> sample's target view must be likelier
                                          # under its own camera than under another camera of the
                                          # same observation (camera_contrast_loss; single-process)
@@ -149,6 +151,7 @@ class TrainConfig:
                   (0.0 <= self.target_token_noise <= 1.0, "target_token_noise must lie in [0, 1]"),
                   (self.pose_aux_weight >= 0, "pose_aux_weight must be >= 0"),
                   (self.center_aux_weight >= 0, "center_aux_weight must be >= 0"),
+                  (self.view_aux_weight >= 0, "view_aux_weight must be >= 0"),
                   (self.camera_contrast_weight >= 0, "camera_contrast_weight must be >= 0"),
                   (0.0 <= self.identity_pair_prob < 1.0, "identity_pair_prob must lie in [0, 1)"),
                   (self.camera_contrast_weight == 0 or self.strategy == "none",
@@ -217,12 +220,14 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
     """The transformer config: the preset (or the init checkpoint's sizes) with overrides; the
     vocabulary sizes and token grid always come from the shards' manifest (they are facts of the
     tokenizers), and a mismatch with an init checkpoint is an error. pose_aux_weight > 0 implies
-    pose_head, center_aux_weight > 0 center_head (and pose_head); a head missing from an init
+    pose_head, center_aux_weight > 0 center_head (and pose_head), view_aux_weight > 0
+    view_head; a head missing from an init
     checkpoint starts fresh (init_state_with_new_heads)."""
     data = {"image_vocab": int(manifest["image_vocab"]), "camera_vocab": int(manifest["camera_vocab"]),
             "grid": tuple(manifest["grid"])}
     overrides = {**cfg.model_overrides, **({"pose_head": True} if cfg.pose_aux_weight > 0 else {}),
-                 **({"pose_head": True, "center_head": True} if cfg.center_aux_weight > 0 else {})}
+                 **({"pose_head": True, "center_head": True} if cfg.center_aux_weight > 0 else {}),
+                 **({"view_head": True} if cfg.view_aux_weight > 0 else {})}
     if init_config is not None:
         base = config_from_dict(GSTConfig, init_config)
         for k, v in data.items():
@@ -240,8 +245,9 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
     return gst_config(cfg.model, **{**overrides, **data})
 
 
-ADDABLE_MODULES = ("pose_head.", "center_head.", "aligned_proj.")  # optional parts a trained model may gain
-READOUT_HEADS = ("pose_head", "center_head")  # train_modules made only of these: no token loss
+# optional parts a trained model may gain
+ADDABLE_MODULES = ("pose_head.", "center_head.", "view_head.", "aligned_proj.")
+READOUT_HEADS = ("pose_head", "center_head", "view_head")  # train_modules made only of these: no token loss
 
 
 def init_state_with_new_heads(model: GST, state: dict) -> dict:
@@ -262,6 +268,17 @@ def pose_aux_loss(pose: torch.Tensor, rel_w2c: torch.Tensor, use: torch.Tensor) 
         return pose.sum() * 0.0
     target = rel_w2c[:, :3, :3].to(pose)
     return (pose[use] - target[use]).pow(2).sum(dim=(1, 2)).mean()
+
+
+def view_aux_loss(view_logits: torch.Tensor, image: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats per cell) of the view head's per-cell logits (B, n, image_vocab)
+    against the target view's image codes (B, n), row-major over the grid, over the samples where
+    `use` (B,) bool holds (<GEN> order, observation kept). No sample in use: a zero that still
+    touches the head, so every rank's graph is the same."""
+    if not bool(use.any()):
+        return view_logits.sum() * 0.0
+    logits = view_logits[use]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), image[use].reshape(-1).to(logits.device))
 
 
 def center_aux_loss(center: torch.Tensor, log_var: torch.Tensor, rel_w2c: torch.Tensor,
@@ -546,7 +563,9 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     onto SO(3)) is within 15 degrees of the truth. Data with siblings (TokenShardDataset(siblings=
     True)) adds val_image_gain_sibling_camera: the image NLL increase when the camera is another
     target camera of the same observation (the scene from another side; pairs with one are
-    counted), the harder version of val_image_gain_camera that side retrieval asks for."""
+    counted), the harder version of val_image_gain_camera that side retrieval asks for. A model
+    with a view head adds val_view_head_nll: its cross-entropy per cell on the <GEN> pairs (the
+    target view predicted from the observation and camera alone; ln(image_vocab) at init)."""
     was = model.training
     model.eval()
     n = min(len(data), cfg.val_batches * batch)
@@ -554,7 +573,7 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
     keys = ("val_loss", "val_nll_image", "val_nll_camera", "val_camera_gain_image", "val_image_gain_camera")
     sums = dict.fromkeys(keys, 0.0)
     count = swapped_count = sibling_count = 0
-    sibling_sum = 0.0
+    sibling_sum = view_nll = 0.0
     errors, center_errors = [], []
     no_drop = torch.zeros(batch, dtype=torch.bool)
     for start in range(0, n, batch):
@@ -568,13 +587,17 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
             inp, tgt, mask = batch_from_tokens(model_cfg, tokens, tasks, no_drop[:b], "joint", device)
             with autocast_for(device, cfg):
                 if task == TASK_EST and model_cfg.pose_head:
-                    logits, readout = model(inp, return_pose=True)
+                    logits, readout = model(inp, return_heads=True)
                     rel = tokens["rel_w2c"].double()
                     errors.append(rotation_error_deg(rotation_from_covariance(readout.rotation.double().cpu()),
                                                      rel[:, :3, :3]))
                     if readout.center is not None:
                         miss = readout.center.double().cpu() - camera_center(rel)
                         center_errors.append(miss.norm(dim=1).numpy())
+                elif task == TASK_GEN and model_cfg.view_head:
+                    logits, readout = model(inp, return_heads=True)
+                    view_nll += float(view_aux_loss(readout.view_logits, tokens["image"],
+                                                    torch.ones(b, dtype=torch.bool))) * b
                 else:
                     logits = model(inp)
             own_logits, own_tgt = logits, tgt
@@ -607,6 +630,8 @@ def validation_losses(model: torch.nn.Module, model_cfg: GSTConfig, data: TokenS
         out["val_image_gain_sibling_camera"] = sibling_sum / sibling_count
     if errors:
         out["val_pose_head_rra15"] = accuracy_at(np.concatenate(errors), (15.0,))[15.0]
+    if model_cfg.view_head:
+        out["val_view_head_nll"] = view_nll / max(count, 1)
     if center_errors:
         out["val_center_head_err"] = float(np.mean(np.concatenate(center_errors)))
     return out
@@ -761,6 +786,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         loss_sum = torch.zeros((), device=device)
         aux_sum = torch.zeros((), device=device)
         center_sum = torch.zeros((), device=device)
+        view_sum = torch.zeros((), device=device)
         contrast_sum = torch.zeros((), device=device)
         for k in range(cfg.grad_accum):
             tokens = next(it)
@@ -775,19 +801,28 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                 weights = (None if cfg.camera_loss_weight == 1.0 else
                            camera_token_weights(model_cfg.vocabulary, tgt, cfg.camera_loss_weight))
                 with autocast_for(device, cfg):
-                    if cfg.pose_aux_weight > 0 or cfg.center_aux_weight > 0:
-                        # training only read-out heads: no token loss, the pass stops at the target view
+                    if cfg.pose_aux_weight > 0 or cfg.center_aux_weight > 0 or cfg.view_aux_weight > 0:
+                        # training only read-out heads: no token loss, the pass stops at the first segment
                         seq = inp[:, :prefix_len] if heads_only else inp
-                        logits, readout = wrapped(seq, return_pose=True)
+                        logits, readout = wrapped(seq, return_heads=True)
                         use = ((tasks[sl] == TASK_EST) & ~dropped[sl]).to(device)
                         rel_w2c = tokens["rel_w2c"].to(device)
-                        aux = cfg.pose_aux_weight * pose_aux_loss(readout.rotation, rel_w2c, use)
-                        aux_sum += aux.detach() / cfg.grad_accum
+                        aux = torch.zeros((), device=device)  # every head present is touched (DDP)
+                        if readout.rotation is not None:
+                            p_aux = cfg.pose_aux_weight * pose_aux_loss(readout.rotation, rel_w2c, use)
+                            aux_sum += p_aux.detach() / cfg.grad_accum
+                            aux = aux + p_aux
                         if cfg.center_aux_weight > 0:
                             c_aux = cfg.center_aux_weight * center_aux_loss(
                                 readout.center, readout.center_log_var, rel_w2c, use)
                             center_sum += c_aux.detach() / cfg.grad_accum
                             aux = aux + c_aux
+                        if readout.view_logits is not None:
+                            gen = ((tasks[sl] == TASK_GEN) & ~dropped[sl]).to(device)
+                            v_aux = cfg.view_aux_weight * view_aux_loss(readout.view_logits,
+                                                                        tokens["image"], gen)
+                            view_sum += v_aux.detach() / cfg.grad_accum
+                            aux = aux + v_aux
                     else:
                         logits, aux = wrapped(inp), 0.0
                     ce = (torch.zeros((), device=device) if heads_only
@@ -818,6 +853,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
                 row["pose_aux"] = float(D.mean_over_ranks(aux_sum, info)) / cfg.pose_aux_weight
             if cfg.center_aux_weight > 0:
                 row["center_aux"] = float(D.mean_over_ranks(center_sum, info)) / cfg.center_aux_weight
+            if cfg.view_aux_weight > 0:
+                row["view_aux"] = float(D.mean_over_ranks(view_sum, info)) / cfg.view_aux_weight
             if cfg.camera_contrast_weight > 0:
                 row["camera_contrast"] = float(D.mean_over_ranks(contrast_sum, info))
             t_last, steps_since = now, 0

@@ -77,7 +77,7 @@ from gst_ros.models.io import (
 )
 from gst_ros.models.sequence import TASK_EST, build_prefix
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
-from gst_ros.models.transformer import GST, GSTConfig, PoseReadout
+from gst_ros.models.transformer import GST, GSTConfig, HeadReadout
 from gst_ros.preprocess import center_crop_resize, from_model_tensor
 
 MODEL_NAME = "gst_small"
@@ -268,9 +268,9 @@ def pose_facing_scene_center(R_w2c, distance: float) -> np.ndarray:
     return w2c
 
 
-def head_pose_estimate(readout: PoseReadout, rotation_var_scale: float = 1.0,
+def head_pose_estimate(readout: HeadReadout, rotation_var_scale: float = 1.0,
                        center_var_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """One pose with its covariance from the read-out heads of one query (a PoseReadout of batch 1:
+    """One pose with its covariance from the read-out heads of one query (a HeadReadout of batch 1:
     the pose head's unconstrained 3x3 `rotation` M and the centre head's `center`, `center_log_var`).
 
     Frames: world = the observation camera's optical frame (OpenCV axes), unit scene scale.
@@ -562,8 +562,8 @@ class GSTEngine:
         g = self.grid
         return from_model_tensor(self.image_tokenizer.decode(codes.reshape(-1, g, g).cpu()))
 
-    def head_readout(self, obs_sq: np.ndarray, tgt_sq: np.ndarray) -> PoseReadout:
-        """The read-out heads' PoseReadout (batch 1) for two model-resolution images (observation,
+    def head_readout(self, obs_sq: np.ndarray, tgt_sq: np.ndarray) -> HeadReadout:
+        """The read-out heads' HeadReadout (batch 1) for two model-resolution images (observation,
         target; (S,S,3) uint8 RGB as from `prepare`), read as EngineConfig asks: both ways
         (pose_symmetric) and averaged with the left-right mirrored pair (pose_mirror); the
         frames are pose_readout's (observation camera frame, OpenCV axes, unit scene scale)."""

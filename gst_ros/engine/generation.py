@@ -32,7 +32,7 @@ import torch
 from gst_ros.geometry.conventions import center_facing_scene
 from gst_ros.geometry.rotations import rotation_from_covariance
 from gst_ros.models.sequence import TASK_EST, TASK_GEN, build_prefix, null_condition
-from gst_ros.models.transformer import GST, PoseReadout
+from gst_ros.models.transformer import GST, HeadReadout
 
 
 @dataclass
@@ -185,8 +185,8 @@ def estimate_pose(model: GST, observation: torch.Tensor, image: torch.Tensor,
 
 
 def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
-                 symmetric: bool = False) -> PoseReadout:
-    """The read-out heads' outputs (PoseReadout, fp32 on the CPU) for one teacher-forced pass over
+                 symmetric: bool = False) -> HeadReadout:
+    """The read-out heads' outputs (HeadReadout, fp32 on the CPU) for one teacher-forced pass over
     [o, <EST>, i]: the pose head's unconstrained 3x3 estimate of the target camera's rotation in
     the observation's camera frame (w2c convention, x_target = R x_observation + t, OpenCV axes;
     its nearest rotation, gst_ros.geometry.rotations.rotation_from_covariance, is the estimate)
@@ -206,30 +206,30 @@ def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
     if symmetric:
         both = pose_readout(model, torch.cat([observation, image]), torch.cat([image, observation]))
         b = observation.shape[0]
-        forward, swapped = (PoseReadout(*(None if t is None else t[sl] for t in both))
+        forward, swapped = (HeadReadout(*(None if t is None else t[sl] for t in both))
                             for sl in (slice(0, b), slice(b, None)))
         rotation = 0.5 * (forward.rotation + swapped.rotation.transpose(1, 2))
         if forward.center is None:
-            return PoseReadout(rotation)
+            return HeadReadout(rotation)
         correction = forward.center - center_facing_scene(rotation_from_covariance(forward.rotation))
-        return PoseReadout(rotation, center_facing_scene(rotation_from_covariance(rotation)) + correction,
+        return HeadReadout(rotation, center_facing_scene(rotation_from_covariance(rotation)) + correction,
                            forward.center_log_var)
     prefix = build_prefix(vocab, layout, observation, TASK_EST, given=image)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            _, readout = model(prefix.to(model.output.weight.device), return_pose=True)
+            _, readout = model(prefix.to(model.output.weight.device), return_heads=True)
     finally:
         model.train(was_training)
-    return PoseReadout(*(None if t is None else t.float().cpu() for t in readout))
+    return HeadReadout(*(None if t is None else t.float().cpu() for t in readout))
 
 
 # x -> -x in a camera's optical frame: what flipping an image left-right does to the scene it shows
 MIRROR_X = (-1.0, 1.0, 1.0)
 
 
-def mirror_readout(readout: PoseReadout) -> PoseReadout:
+def mirror_readout(readout: HeadReadout) -> HeadReadout:
     """A read-out of a left-right mirrored pair (both images flipped) mapped back to the pair
     itself. Flipping an image left-right shows the scene reflected by F = diag(-1, 1, 1) in the
     camera's optical frame (OpenCV axes); for the pair, world = the observation camera's frame, so
@@ -239,12 +239,12 @@ def mirror_readout(readout: PoseReadout) -> PoseReadout:
     f = torch.tensor(MIRROR_X, dtype=readout.rotation.dtype, device=readout.rotation.device)
     rotation = readout.rotation * f[:, None] * f[None, :]
     center = None if readout.center is None else readout.center * f
-    return PoseReadout(rotation, center, readout.center_log_var)
+    return HeadReadout(rotation, center, readout.center_log_var)
 
 
 def mirror_averaged_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
                             observation_mirrored: torch.Tensor, image_mirrored: torch.Tensor,
-                            symmetric: bool = False) -> PoseReadout:
+                            symmetric: bool = False) -> HeadReadout:
     """pose_readout of the pair (observation, image) averaged with that of its left-right mirror
     image (the codes of both images flipped left-right), read in one batch and mapped back with
     mirror_readout. Conventions as pose_readout: rotation = the mean of the two estimates of E[R]
@@ -256,16 +256,16 @@ def mirror_averaged_readout(model: GST, observation: torch.Tensor, image: torch.
     b = observation.shape[0]
     both = pose_readout(model, torch.cat([observation, observation_mirrored]),
                         torch.cat([image, image_mirrored]), symmetric)
-    direct = PoseReadout(*(None if t is None else t[:b] for t in both))
-    mirrored = mirror_readout(PoseReadout(*(None if t is None else t[b:] for t in both)))
+    direct = HeadReadout(*(None if t is None else t[:b] for t in both))
+    mirrored = mirror_readout(HeadReadout(*(None if t is None else t[b:] for t in both)))
     rotation = 0.5 * (direct.rotation + mirrored.rotation)
     if direct.center is None:
-        return PoseReadout(rotation)
+        return HeadReadout(rotation)
     correction = 0.5 * sum(r.center - center_facing_scene(rotation_from_covariance(r.rotation))
                            for r in (direct, mirrored))
     log_var = torch.logaddexp(direct.center_log_var, mirrored.center_log_var) - math.log(2.0)
     center = center_facing_scene(rotation_from_covariance(rotation)) + correction
-    return PoseReadout(rotation, center, log_var)
+    return HeadReadout(rotation, center, log_var)
 
 
 def novel_view(model: GST, observation: torch.Tensor, camera: torch.Tensor,

@@ -54,6 +54,14 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   zero) and a log-variance per axis (`center_aux_weight`; trainable alone on a frozen model,
   `train_modules`). With both heads the engine's "head" read-out is one forward pass: no camera
   tokens are sampled.
+- optional view head (`view_head=True`, off for the paper's sizes and every imported checkpoint):
+  the pose head's counterpart for the <GEN> order. The final state of each camera token (input
+  indices n+1 .. 2n, which have seen the observation and the camera tokens up to that cell) is
+  mapped linearly (zero at init) to logits over the image codes of the target view at the same
+  cell. Trained by an auxiliary cross-entropy (`view_aux_weight`), it asks the states the target
+  view's tokens attend to for what that view holds before any of its tokens is seen: under
+  teacher forcing most image tokens are predictable from the ones before them, so the token
+  loss alone barely makes the view follow its camera (docs/training.md, `view_aux_weight`).
 State-dict names follow LlamaGen's (tok_embeddings, layers.{i}.attention.wqkv, ..., norm, output)
 plus layers.{i}.attention.q_norm / k_norm, so imported checkpoints map nearly key for key.
 
@@ -75,8 +83,10 @@ from gst_ros.models.sequence import Layout, Vocabulary
 POSE_CELL_FEATURES = 16  # pose head: features per target-view cell before the flattened MLP
 
 
-class PoseReadout(NamedTuple):
-    """What the read-out heads give for an <EST>-order sequence [o, <EST>, i, ...] (fp32).
+class HeadReadout(NamedTuple):
+    """What the read-out heads give for one teacher-forced pass (fp32). The pose fields read an
+    <EST>-order sequence [o, <EST>, i, ...], the view field a <GEN>-order one [o, <GEN>, c, ...];
+    a batch mixing both orders gives every field for every row, each meaningful for its own order.
 
     rotation: (B, 3, 3) the pose head's unconstrained estimate of the target camera's rotation in
       the observation camera's frame (w2c convention, x_target = R x_observation + t, OpenCV
@@ -87,11 +97,16 @@ class PoseReadout(NamedTuple):
       the pose head's rotation (optical axis through the scene centre at distance 1,
       gst_ros.geometry.center_facing_scene) plus the centre head's correction; None without a
       centre head.
-    center_log_var: (B, 3) log-variances of that centre per axis, or None."""
+    center_log_var: (B, 3) log-variances of that centre per axis, or None.
+    view_logits: (B, n, image_vocab) the view head's logits of the target view's image code at
+      each grid cell (row-major), read from the final state of the camera token of that cell in
+      the <GEN> order, i.e. from the observation and the target camera only; None without a
+      view head."""
 
-    rotation: torch.Tensor
+    rotation: torch.Tensor | None
     center: torch.Tensor | None = None
     center_log_var: torch.Tensor | None = None
+    view_logits: torch.Tensor | None = None
 
 
 def cell_readout_head(config: GSTConfig, outputs: int) -> nn.Sequential:
@@ -133,6 +148,7 @@ class GSTConfig:
     pose_head: bool = False   # auxiliary rotation head on the <EST> target-view states
     center_head: bool = False  # camera-centre head (centre + its log-variance) on the same states
     aligned_observation: bool = False  # target-view image tokens also get the observation code of their cell
+    view_head: bool = False   # auxiliary target-view head on the <GEN> camera-token states
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -343,6 +359,7 @@ class GST(nn.Module):
         if config.pose_head:
             self.pose_head = cell_readout_head(config, 9)
         self.center_head = cell_readout_head(config, 6) if config.center_head else None
+        self.view_head = nn.Linear(config.dim, config.image_vocab, bias=False) if config.view_head else None
         layout = config.layout
         rows, cols = layout.grid_positions()
         table = rope_table(rows, cols, config.head_dim, config.rope_base)
@@ -368,6 +385,8 @@ class GST(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
         nn.init.zeros_(self.output.weight)
+        if self.view_head is not None:  # starts uniform over the codes, so it pulls on nothing at first
+            nn.init.zeros_(self.view_head.weight)
         if self.aligned_proj is not None:
             nn.init.zeros_(self.aligned_proj.weight)
         if self.center_head is not None:  # starts at the object-centric placement, variance 1
@@ -483,18 +502,20 @@ class GST(nn.Module):
         self.causal_mask = torch.ones(0, 0, dtype=torch.bool, device=self.output.weight.device)
         self._observation = None
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_pose: bool = False):
-        """Logits (B, T, vocab_size) in fp32; with return_pose, (logits, PoseReadout).
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_heads: bool = False):
+        """Logits (B, T, vocab_size) in fp32; with return_heads, (logits, HeadReadout).
 
         idx: (B, T) shared-vocabulary ids. Without input_pos, idx is a sequence prefix starting at
         sequence index 0 (training, or recomputation) under a causal mask. With input_pos (T,)
         long, the sequence indices of idx (increasing, contiguous with what the cache holds),
         the keys/values go to the KV cache set up by setup_caches and attention covers the cache.
-        return_pose (no input_pos, a model with pose_head, T > 2n): also the read-out heads' outputs
-        from the final states of input indices n+1 .. 2n (PoseReadout: the pose head's
-        unconstrained 3x3 rotation, the centre head's centre and log-variances when it has one).
-        For an <EST>-order sequence they estimate the target camera in the observation camera's
-        frame; for <GEN> order they mean nothing."""
+        return_heads (no input_pos, a model with a pose or view head, T > 2n): also the read-out
+        heads' outputs from the final states of input indices n+1 .. 2n (HeadReadout): the pose
+        head's unconstrained 3x3 rotation and the centre head's centre and log-variances, which
+        estimate the target camera in the observation camera's frame for an <EST>-order
+        sequence, and the view head's per-cell logits of the target view's codes, which predict
+        the target view of a <GEN>-order sequence from its observation and camera. Each means
+        nothing for the other order; a head the model lacks gives None."""
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -525,20 +546,23 @@ class GST(nn.Module):
             h = layer(h, rope, input_pos, mask)
         h = self.norm(h)
         logits = self.output(h).float()
-        if not return_pose:
+        if not return_heads:
             return logits
-        if self.pose_head is None:
-            raise ValueError("return_pose needs a GST with pose_head=True")
+        if self.pose_head is None and self.view_head is None:
+            raise ValueError("return_heads needs a GST with a pose head or a view head")
         n = self.config.layout.n
         if input_pos is not None or t <= 2 * n:
-            raise ValueError(f"return_pose needs a full training prefix of more than {2 * n} tokens")
-        target_view = h[:, n + 1: 2 * n + 1]
-        rotation = self.pose_head(target_view).float().view(-1, 3, 3)
+            raise ValueError(f"return_heads needs a full training prefix of more than {2 * n} tokens")
+        first_segment = h[:, n + 1: 2 * n + 1]
+        view = None if self.view_head is None else self.view_head(first_segment).float()
+        if self.pose_head is None:
+            return logits, HeadReadout(None, view_logits=view)
+        rotation = self.pose_head(first_segment).float().view(-1, 3, 3)
         if self.center_head is None:
-            return logits, PoseReadout(rotation)
-        out = self.center_head(target_view).float()
+            return logits, HeadReadout(rotation, view_logits=view)
+        out = self.center_head(first_segment).float()
         placement = center_facing_scene(rotation_from_covariance(rotation.detach()))
-        return logits, PoseReadout(rotation, placement + out[:, :3], out[:, 3:])
+        return logits, HeadReadout(rotation, placement + out[:, :3], out[:, 3:], view)
 
 
 def count_parameters(model: nn.Module) -> int:
