@@ -220,9 +220,8 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
     """The transformer config: the preset (or the init checkpoint's sizes) with overrides; the
     vocabulary sizes and token grid always come from the shards' manifest (they are facts of the
     tokenizers), and a mismatch with an init checkpoint is an error. pose_aux_weight > 0 implies
-    pose_head, center_aux_weight > 0 center_head (and pose_head), view_aux_weight > 0
-    view_head; a head missing from an init
-    checkpoint starts fresh (init_state_with_new_heads)."""
+    pose_head, center_aux_weight > 0 center_head (and pose_head), view_aux_weight > 0 view_head;
+    a head missing from an init checkpoint starts fresh (init_state_with_new_heads)."""
     data = {"image_vocab": int(manifest["image_vocab"]), "camera_vocab": int(manifest["camera_vocab"]),
             "grid": tuple(manifest["grid"])}
     overrides = {**cfg.model_overrides, **({"pose_head": True} if cfg.pose_aux_weight > 0 else {}),
