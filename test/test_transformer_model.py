@@ -323,8 +323,11 @@ def test_pose_head_reads_the_first_camera_token_input():
     earlier = idx.clone()
     earlier[:, 2 * n] = (idx[:, 2 * n] + 1) % cfg.image_vocab
     assert not torch.allclose(model(earlier, return_heads=True)[1].rotation, pose)
+    torch.testing.assert_close(model.read_heads(idx).rotation, pose)  # the same pass without token logits
     with pytest.raises(ValueError, match="full training prefix"):
         model(idx[:, : 2 * n], return_heads=True)
+    with pytest.raises(ValueError, match="full training prefix"):
+        model.read_heads(idx[:, : 2 * n])
     with pytest.raises(ValueError, match="a pose head or a view head"):
         GST(gst_config("tiny", grid=(2, 2)))(idx, return_heads=True)
 
@@ -348,6 +351,10 @@ def test_view_head_reads_each_cell_from_its_camera_token():
     torch.testing.assert_close(readout.rotation, ref.rotation)
     assert ref.view_logits is None
     assert readout.view_logits.shape == (3, n, vocab)
+    alone = model.read_heads(idx)
+    torch.testing.assert_close(alone.view_logits, readout.view_logits)
+    torch.testing.assert_close(alone.rotation, readout.rotation)
+    assert model.read_heads(idx, view=False).view_logits is None  # the pose read-out skips it
     assert float(readout.view_logits.abs().max()) == 0.0
     torch.nn.init.normal_(model.view_head.weight)  # a trained head reads the states
     view = model(idx, return_heads=True)[1].view_logits

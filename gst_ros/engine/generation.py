@@ -219,7 +219,7 @@ def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
     model.eval()
     try:
         with torch.inference_mode():
-            _, readout = model(prefix.to(model.output.weight.device), return_heads=True)
+            readout = model.read_heads(prefix.to(model.output.weight.device), view=False)
     finally:
         model.train(was_training)
     return HeadReadout(*(None if t is None else t.float().cpu() for t in readout))

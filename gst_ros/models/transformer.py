@@ -516,6 +516,23 @@ class GST(nn.Module):
         sequence, and the view head's per-cell logits of the target view's codes, which predict
         the target view of a <GEN>-order sequence from its observation and camera. Each means
         nothing for the other order; a head the model lacks gives None."""
+        if return_heads and input_pos is not None:
+            raise ValueError("return_heads needs a full training prefix, not a cached decoding step")
+        h = self._final_states(idx, input_pos)
+        logits = self.output(h).float()
+        if not return_heads:
+            return logits
+        return logits, self._read_heads(h, view=True)
+
+    def read_heads(self, idx: torch.Tensor, view: bool = True) -> HeadReadout:
+        """The read-out heads alone (HeadReadout, as forward's return_heads) for a full prefix idx
+        (B, T > 2n) from sequence index 0, without the token logits: the pose read-out's pass,
+        which needs no (B, T, vocab_size) projection. view=False leaves the view head out too
+        (view_logits None), for an <EST>-order pose reading where it means nothing."""
+        return self._read_heads(self._final_states(idx, None), view)
+
+    def _final_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, dim) normalised final hidden states of idx (forward's arguments and checks)."""
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -544,25 +561,25 @@ class GST(nn.Module):
         h = self.tok_dropout(h)
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask)
-        h = self.norm(h)
-        logits = self.output(h).float()
-        if not return_heads:
-            return logits
-        if self.pose_head is None and self.view_head is None:
-            raise ValueError("return_heads needs a GST with a pose head or a view head")
+        return self.norm(h)
+
+    def _read_heads(self, h: torch.Tensor, view: bool) -> HeadReadout:
+        """HeadReadout from final states h (B, T, dim) of a full prefix (see forward)."""
+        if self.pose_head is None and (self.view_head is None or not view):
+            raise ValueError("reading the heads needs a GST with a pose head or a view head")
         n = self.config.layout.n
-        if input_pos is not None or t <= 2 * n:
-            raise ValueError(f"return_heads needs a full training prefix of more than {2 * n} tokens")
+        if h.shape[1] <= 2 * n:
+            raise ValueError(f"reading the heads needs a full training prefix of more than {2 * n} tokens")
         first_segment = h[:, n + 1: 2 * n + 1]
-        view = None if self.view_head is None else self.view_head(first_segment).float()
+        view_logits = None if self.view_head is None or not view else self.view_head(first_segment).float()
         if self.pose_head is None:
-            return logits, HeadReadout(None, view_logits=view)
+            return HeadReadout(None, view_logits=view_logits)
         rotation = self.pose_head(first_segment).float().view(-1, 3, 3)
         if self.center_head is None:
-            return logits, HeadReadout(rotation, view_logits=view)
+            return HeadReadout(rotation, view_logits=view_logits)
         out = self.center_head(first_segment).float()
         placement = center_facing_scene(rotation_from_covariance(rotation.detach()))
-        return logits, HeadReadout(rotation, placement + out[:, :3], out[:, 3:], view)
+        return HeadReadout(rotation, placement + out[:, :3], out[:, 3:], view_logits)
 
 
 def count_parameters(model: nn.Module) -> int:
