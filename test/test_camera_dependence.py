@@ -10,20 +10,22 @@ from engine_fixtures import TINY_CAMERA, TINY_IMAGE, make_tiny_model
 
 from gst_ros.engine.engine import EngineConfig, GSTEngine
 from gst_ros.models.sequence import TASK_GEN, build_prefix
-from training.camera_dependence import cell_nll, main, measure, summarize
+from training.camera_dependence import cell_nll, main, measure, pair_readings, summarize
 from training.token_shards import ShardWriter, TokenShardDataset, collate
 
 GRID = TINY_IMAGE.token_grid
 N = GRID * GRID
 
 
-def sibling_shards(root, scenes: int = 5, targets: int = 2, seed: int = 0):
+def sibling_shards(root, scenes: int = 5, targets=2, seed: int = 0):
     """Shards of the tiny model's vocabulary: each scene's observation (view 0) with `targets`
-    target views, so every pair has a sibling when targets >= 2."""
+    target views (an int, or one count per scene), so a pair has a sibling when its scene has
+    two targets or more."""
     rng = np.random.default_rng(seed)
+    counts = [targets] * scenes if isinstance(targets, int) else list(targets)
     with ShardWriter(root, (GRID, GRID), TINY_IMAGE.codebook_size, TINY_CAMERA.codebook_size,
                      pairs_per_shard=64) as w:
-        for s in range(scenes):
+        for s, targets in enumerate(counts):
             views = rng.integers(0, TINY_IMAGE.codebook_size, (targets + 1, N))
             pairs = np.array([[0, t] for t in range(1, targets + 1)])
             cams = rng.integers(0, TINY_CAMERA.codebook_size, (targets, N))
@@ -72,19 +74,39 @@ def test_a_model_that_ignores_its_camera_has_no_camera_worth(tmp_path):
                               progress=False), (GRID, GRID))
     assert blind["pairs"] == 12 and len(blind["gain_per_cell"]) == N
     assert max(abs(g) for g in blind["gain_per_cell"]) < 1e-5
-    assert blind["own_wins"] == pytest.approx(0.5, abs=0.05)
+    assert blind["own_wins"] == 0.5  # every pair a tie
+
+
+def test_only_pairs_with_a_sibling_are_read(tmp_path):
+    """Scenes with one target give pairs without a sibling: they are skipped, and every pair
+    read is one of the scenes with two targets."""
+    engine = GSTEngine(EngineConfig(model_dir=str(make_tiny_model(tmp_path, seed=5)), device="cpu"))
+    sibling_shards(tmp_path / "shards", scenes=6, targets=[1, 2, 1, 2, 1, 1])
+    data = TokenShardDataset(tmp_path / "shards", siblings=True)
+    assert len(data) == 8
+    reading = measure(engine.model, data, pairs=100, batch=3, seed=1, device=torch.device("cpu"),
+                      progress=False)
+    assert sorted(reading["scene"].tolist()) == [1, 1, 3, 3]
+    assert all(bool(data[int(i)]["has_sibling"]) for i in reading["index"])
 
 
 def test_summary_reads_a_known_reading():
-    """The per-view gain is the sum over cells, the first row is averaged apart from the rest, and
-    own_wins counts the views likelier under their own camera."""
-    own = np.full((2, 4), 1.0)
-    sib = np.array([[1.5, 1.5, 1.0, 1.0], [1.0, 1.0, 1.0, 0.8]])
-    s = summarize({"own": own, "sibling": sib}, (2, 2))
-    assert s["gain_per_view"] == pytest.approx((1.0 - 0.2) / 2)
-    assert s["gain_first_row_per_token"] == pytest.approx(0.25)
-    assert s["gain_other_rows_per_token"] == pytest.approx(-0.05)
-    assert s["own_wins"] == 0.5 and s["gain_per_cell"] == pytest.approx([0.25, 0.25, 0.0, -0.1])
+    """On a (2, 3) grid: per-cell means in row-major order, the first row averaged apart from the
+    rest, the per-view gain the sum over cells, and own_wins counting a view likelier under its
+    own camera 1, under the sibling's 0 and a tie (within TIE_NATS) half."""
+    own = np.full((3, 6), 1.0)
+    sib = np.array([[1.6, 1.0, 1.0, 1.0, 1.0, 1.0],    # +0.6: own camera wins
+                    [1.0, 1.0, 1.0, 1.0, 1.0, 0.7],    # -0.3: the sibling wins
+                    [1.2, 1.0, 1.0, 0.8, 1.0, 1.0]])   # 0 (a tie)
+    s = summarize({"own": own, "sibling": sib}, (2, 3))
+    assert s["gain_per_cell"] == pytest.approx([0.8 / 3, 0, 0, -0.2 / 3, 0, -0.1])
+    assert s["gain_per_view"] == pytest.approx(0.1) and s["gain_per_token"] == pytest.approx(0.3 / 18)
+    assert s["gain_first_row_per_token"] == pytest.approx(0.8 / 9)
+    assert s["gain_other_rows_per_token"] == pytest.approx(-0.5 / 9)
+    assert s["nll_own_per_token"] == 1.0 and s["nll_sibling_per_token"] == pytest.approx(1 + 0.3 / 18)
+    assert s["own_wins"] == pytest.approx(0.5)  # (1 + 0 + 0.5) / 3
+    gain_view, wins = pair_readings({"own": own, "sibling": sib})
+    assert gain_view == pytest.approx([0.6, -0.3, 0.0], abs=1e-12) and wins.tolist() == [1.0, 0.0, 0.5]
 
 
 def test_cli_writes_the_map_and_refuses_shards_without_siblings(tmp_path):
@@ -97,7 +119,14 @@ def test_cli_writes_the_map_and_refuses_shards_without_siblings(tmp_path):
     assert summary["pairs"] == 6 and summary["grid"] == [GRID, GRID]
     cells = (out / "cells.csv").read_text().splitlines()
     assert cells[0] == "row,col,nll_own,nll_sibling,gain" and len(cells) == 1 + N
-    assert len((out / "pairs.csv").read_text().splitlines()) == 1 + 6
+    rows = [line.split(",") for line in (out / "pairs.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 6
+    for _, _, own, sib, gain, win in rows:  # each pair's columns agree with one another
+        assert float(gain) == pytest.approx(float(sib) - float(own), abs=2e-4)
+        assert float(win) in (0.0, 0.5, 1.0)
+        if abs(float(gain)) > 1e-3:
+            assert float(win) == float(float(gain) > 0)
+    assert np.mean([float(r[5]) for r in rows]) == pytest.approx(summary["own_wins"])
     assert (out / "camera_dependence.png").stat().st_size > 1000
     sibling_shards(tmp_path / "single", scenes=3, targets=1)
     with pytest.raises(ValueError, match="no pair has a sibling"):

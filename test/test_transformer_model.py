@@ -328,6 +328,10 @@ def test_pose_head_reads_the_first_camera_token_input():
         model(idx[:, : 2 * n], return_heads=True)
     with pytest.raises(ValueError, match="full training prefix"):
         model.read_heads(idx[:, : 2 * n])
+    model.setup_caches(2, max_seq_len=3 * n)  # a cached decoding step has no heads to read
+    with pytest.raises(ValueError, match="not a cached decoding step"):
+        model(idx[:, :1], input_pos=torch.tensor([0]), return_heads=True)
+    model.clear_caches()
     with pytest.raises(ValueError, match="a pose head or a view head"):
         GST(gst_config("tiny", grid=(2, 2)))(idx, return_heads=True)
 
@@ -351,13 +355,15 @@ def test_view_head_reads_each_cell_from_its_camera_token():
     torch.testing.assert_close(readout.rotation, ref.rotation)
     assert ref.view_logits is None
     assert readout.view_logits.shape == (3, n, vocab)
-    alone = model.read_heads(idx)
-    torch.testing.assert_close(alone.view_logits, readout.view_logits)
-    torch.testing.assert_close(alone.rotation, readout.rotation)
-    assert model.read_heads(idx, view=False).view_logits is None  # the pose read-out skips it
     assert float(readout.view_logits.abs().max()) == 0.0
     torch.nn.init.normal_(model.view_head.weight)  # a trained head reads the states
     view = model(idx, return_heads=True)[1].view_logits
+    alone = model.read_heads(idx)  # the same heads without the token logits
+    torch.testing.assert_close(alone.view_logits, view)
+    torch.testing.assert_close(alone.rotation, readout.rotation)
+    pose_only = model.read_heads(idx, with_view_head=False)  # the pose read-out skips the view head
+    assert pose_only.view_logits is None
+    torch.testing.assert_close(pose_only.rotation, readout.rotation)
     later = idx.clone()
     later[:, n + 3:] = 0  # input indices n+3 onward: cells 2 and 3 change, cells 0 and 1 cannot
     moved = model(later, return_heads=True)[1].view_logits
@@ -366,6 +372,8 @@ def test_view_head_reads_each_cell_from_its_camera_token():
     only = GST(gst_config("tiny", grid=(2, 2), view_head=True)).eval()
     _, alone = only(idx, return_heads=True)
     assert alone.rotation is None and alone.view_logits.shape == (3, n, vocab)
+    with pytest.raises(ValueError, match="without the view head needs a GST with a pose head"):
+        only.read_heads(idx, with_view_head=False)
 
 
 def test_center_head_reads_the_same_target_view_states():

@@ -13,8 +13,9 @@ val_image_gain_sibling_camera of training/train_gst.py averages, resolved by cel
 the image tokens' raster order) and by pair.
 
 Two per-pair readings are added: the pair's total gain (sum over its n cells, nats) and whether
-the view is likelier under its own camera than under the sibling (own_wins: a two-way choice of
-camera by the model's likelihood; 0.5 is a model that ignores its camera).
+the view is likelier under its own camera than under the sibling (own_wins: 1, 0, or 0.5 for a
+tie; a two-way choice of camera by the model's likelihood, 0.5 on average for a model that
+ignores its camera).
 
 Writes <out>/cells.csv (row, col, nll_own, nll_sibling, gain per cell), <out>/pairs.csv (pair
 index, scene, nll_own, nll_sibling, gain, own_wins; totals over the view's cells),
@@ -68,30 +69,47 @@ def measure(model, data: TokenShardDataset, pairs: int, batch: int, seed: int, d
         raise ValueError(f"{data.root}: no pair has a sibling (one target per observation); "
                          "pre-tokenise with --pairs-per-scene >= 2")
     own, sib = [], []
+    was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(chosen), batch), desc="camera dependence", disable=not progress):
-            tokens = collate([data[i] for i in chosen[start: start + batch]])
-            own.append(cell_nll(model, tokens, tokens["camera"], device))
-            sib.append(cell_nll(model, tokens, tokens["sibling_camera"], device))
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(chosen), batch), desc="camera dependence", disable=not progress):
+                tokens = collate([data[i] for i in chosen[start: start + batch]])
+                own.append(cell_nll(model, tokens, tokens["camera"], device))
+                sib.append(cell_nll(model, tokens, tokens["sibling_camera"], device))
+    finally:
+        model.train(was_training)
     scenes = np.array([int(data[i]["scene"]) for i in chosen])
     return {"index": np.array(chosen), "scene": scenes, "own": torch.cat(own).numpy(),
             "sibling": torch.cat(sib).numpy()}
 
 
+TIE_NATS = 1e-6  # per-view gains this close to 0 are a tie (the two passes agree to rounding)
+
+
+def pair_readings(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(gain per view (P,) in nats: the sum over its cells of sibling minus own NLL; own_wins (P,):
+    1 where the view is likelier under its own camera, 0 where under the sibling's, 0.5 for a
+    tie within TIE_NATS). The one place both summary.json and pairs.csv take them from."""
+    gain_view = (result["sibling"] - result["own"]).sum(axis=1)
+    wins = np.where(np.abs(gain_view) <= TIE_NATS, 0.5, (gain_view > 0).astype(np.float64))
+    return gain_view, wins
+
+
 def summarize(result: dict, grid: tuple[int, int]) -> dict:
-    """Means over pairs: per cell (lists in row-major order) and totals per view, with the share
-    of pairs whose view is likelier under its own camera (own_wins; ties count half)."""
+    """Means over pairs: per cell (lists in row-major order, grid = (rows, cols)) and per view,
+    with the share of pairs whose view is likelier under its own camera (own_wins; ties count
+    half, pair_readings)."""
     own, sib = result["own"], result["sibling"]
     gain = sib - own
-    total = gain.sum(axis=1)
+    gain_view, wins = pair_readings(result)
     first_row = gain[:, : grid[1]].mean()
     return {"pairs": int(len(own)), "grid": list(grid),
             "nll_own_per_token": float(own.mean()), "nll_sibling_per_token": float(sib.mean()),
-            "gain_per_token": float(gain.mean()), "gain_per_view": float(total.mean()),
+            "gain_per_token": float(gain.mean()), "gain_per_view": float(gain_view.mean()),
             "gain_first_row_per_token": float(first_row),
             "gain_other_rows_per_token": float(gain[:, grid[1]:].mean()) if grid[0] > 1 else float("nan"),
-            "own_wins": float(np.mean((total > 0) + 0.5 * (total == 0))),
+            "own_wins": float(wins.mean()),
             "gain_per_cell": gain.mean(axis=0).tolist(), "nll_own_per_cell": own.mean(axis=0).tolist()}
 
 
@@ -104,10 +122,11 @@ def write_outputs(result: dict, summary: dict, out: Path) -> None:
     lines += [f"{k // gw},{k % gw},{own_c[k]:.5f},{sib_c[k]:.5f},{sib_c[k] - own_c[k]:.5f}"
               for k in range(gh * gw)]
     (out / "cells.csv").write_text("\n".join(lines) + "\n")
-    own_t, sib_t = result["own"].sum(axis=1), result["sibling"].sum(axis=1)
+    own_view, sib_view = result["own"].sum(axis=1), result["sibling"].sum(axis=1)
+    gain_view, wins = pair_readings(result)
     lines = ["pair,scene,nll_own,nll_sibling,gain,own_wins"]
-    lines += [f"{i},{s},{a:.4f},{b:.4f},{b - a:.4f},{int(b > a)}"
-              for i, s, a, b in zip(result["index"], result["scene"], own_t, sib_t)]
+    lines += [f"{i},{scene},{own:.4f},{sib:.4f},{gain:.4f},{win:g}" for i, scene, own, sib, gain, win
+              in zip(result["index"], result["scene"], own_view, sib_view, gain_view, wins)]
     (out / "pairs.csv").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plt = pyplot()

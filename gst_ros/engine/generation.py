@@ -219,7 +219,7 @@ def pose_readout(model: GST, observation: torch.Tensor, image: torch.Tensor,
     model.eval()
     try:
         with torch.inference_mode():
-            readout = model.read_heads(prefix.to(model.output.weight.device), view=False)
+            readout = model.read_heads(prefix.to(model.output.weight.device), with_view_head=False)
     finally:
         model.train(was_training)
     return HeadReadout(*(None if t is None else t.float().cpu() for t in readout))

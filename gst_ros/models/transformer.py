@@ -522,14 +522,18 @@ class GST(nn.Module):
         logits = self.output(h).float()
         if not return_heads:
             return logits
-        return logits, self._read_heads(h, view=True)
+        return logits, self._read_heads(h, with_view_head=True)
 
-    def read_heads(self, idx: torch.Tensor, view: bool = True) -> HeadReadout:
-        """The read-out heads alone (HeadReadout, as forward's return_heads) for a full prefix idx
-        (B, T > 2n) from sequence index 0, without the token logits: the pose read-out's pass,
-        which needs no (B, T, vocab_size) projection. view=False leaves the view head out too
-        (view_logits None), for an <EST>-order pose reading where it means nothing."""
-        return self._read_heads(self._final_states(idx, None), view)
+    def read_heads(self, idx: torch.Tensor, with_view_head: bool = True) -> HeadReadout:
+        """The read-out heads alone (HeadReadout, fp32) for a full prefix idx (B, T > 2n) of
+        shared-vocabulary ids from sequence index 0, without the token logits: the pose read-out's
+        pass, which needs no (B, T, vocab_size) projection. For an <EST>-order prefix [o, <EST>, i]
+        the rotation is the pose head's unconstrained estimate of the target camera's rotation in
+        the observation camera's frame (w2c convention, x_target = R x_observation + t, OpenCV
+        axes) and the centre the target camera's centre in that frame (unit scene scale), as in
+        HeadReadout. with_view_head=False leaves the view head out (view_logits None), for such a
+        pose reading, where it means nothing; it then needs a pose head."""
+        return self._read_heads(self._final_states(idx, None), with_view_head)
 
     def _final_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
         """(B, T, dim) normalised final hidden states of idx (forward's arguments and checks)."""
@@ -563,15 +567,18 @@ class GST(nn.Module):
             h = layer(h, rope, input_pos, mask)
         return self.norm(h)
 
-    def _read_heads(self, h: torch.Tensor, view: bool) -> HeadReadout:
+    def _read_heads(self, h: torch.Tensor, with_view_head: bool) -> HeadReadout:
         """HeadReadout from final states h (B, T, dim) of a full prefix (see forward)."""
-        if self.pose_head is None and (self.view_head is None or not view):
+        if self.pose_head is None and self.view_head is None:
             raise ValueError("reading the heads needs a GST with a pose head or a view head")
+        if self.pose_head is None and not with_view_head:
+            raise ValueError("reading the heads without the view head needs a GST with a pose head")
         n = self.config.layout.n
         if h.shape[1] <= 2 * n:
             raise ValueError(f"reading the heads needs a full training prefix of more than {2 * n} tokens")
         first_segment = h[:, n + 1: 2 * n + 1]
-        view_logits = None if self.view_head is None or not view else self.view_head(first_segment).float()
+        view_logits = (None if self.view_head is None or not with_view_head
+                       else self.view_head(first_segment).float())
         if self.pose_head is None:
             return HeadReadout(None, view_logits=view_logits)
         rotation = self.pose_head(first_segment).float().view(-1, 3, 3)
