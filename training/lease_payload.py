@@ -1,0 +1,178 @@
+"""Pack a directory tree small enough for a GPU lease's transfer limits, and restore it after.
+
+    python -m training.lease_payload pack SRC DST [--part-mib 15]
+    python -m training.lease_payload restore DST RESTORED
+
+A device lease (docs/training.md, "A second GPU lease") limits what travels: the working tree
+plus carried paths at most 64 MiB, each file that comes back at most 16 MiB. `pack` copies the
+tree SRC to DST and, on the way,
+- stores every float32 tensor of a GST transformer's `model.safetensors` (a model directory of
+  kind "gst", gst_ros.models.io) in float16, except its frozen codebook copies (names ending in
+  "codebook"), which stay as they are: half a transformer's bytes. Tokenizers are copied as
+  they are: rounding their codebooks would change the codes they assign;
+- stores `*.rel_w2c.npy` token-shard arrays (relative cameras, float64) as float32;
+- splits every file larger than --part-mib into numbered parts (`NAME.part000`, ...);
+and writes DST/payload.json, which records each file's original dtypes and parts. `restore`
+joins the parts and casts every narrowed tensor and array back to its recorded dtype, so the
+result loads wherever the original did (gst_ros.models.io, training.token_shards). Values come
+back rounded once: float16 for weights (relative error <= 2^-11), float32 for cameras. Other
+files come back byte for byte.
+
+Use: before a lease, `pack` the token shards and the model to start from into an ignored folder
+that the run carries; on the device, `restore` it and train; then `pack` the trained model
+directories into $OUT, and `restore` what comes back here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "payload.json"
+WEIGHTS = "model.safetensors"
+KEEP_SUFFIX = "codebook"  # frozen codebook copies stay at full precision
+PART = ".part"
+
+
+class PayloadError(ValueError):
+    """A payload directory is incomplete or does not match its manifest."""
+
+
+def _narrow_weights(src: Path, dst: Path) -> dict:
+    """float32 tensors of src (safetensors) -> float16 in dst, except KEEP_SUFFIX names; returns
+    {name: original dtype} of the tensors narrowed."""
+    state = load_file(str(src))
+    narrowed = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
+                if v.dtype == torch.float32 and not k.endswith(KEEP_SUFFIX)}
+    save_file({k: v.half() if k in narrowed else v for k, v in state.items()}, str(dst))
+    return narrowed
+
+
+def _is_gst_dir(directory: Path) -> bool:
+    """Whether `directory` is a model directory of kind "gst" (its config.json says so)."""
+    try:
+        return json.loads((directory / "config.json").read_text()).get("kind") == "gst"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _split(path: Path, part_bytes: int) -> int:
+    """Split `path` into PART-numbered files of at most part_bytes when larger; returns the number
+    of parts (0 = left whole)."""
+    size = path.stat().st_size
+    if size <= part_bytes:
+        return 0
+    with open(path, "rb") as f:
+        count = 0
+        while chunk := f.read(part_bytes):
+            path.with_name(f"{path.name}{PART}{count:03d}").write_bytes(chunk)
+            count += 1
+    path.unlink()
+    return count
+
+
+def pack(src, dst, part_mib: float = 15.0) -> dict:
+    """Copy the tree `src` to `dst` (which must not exist) narrowed and split as the module
+    docstring says; returns the manifest written to dst/payload.json."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise PayloadError(f"{src}: not a directory")
+    if dst.exists():
+        raise PayloadError(f"{dst} exists: pack writes a new directory")
+    part_bytes = int(part_mib * 2**20)
+    if part_bytes < 1:
+        raise PayloadError(f"part size must be positive, got {part_mib} MiB")
+    files = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src)
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        entry: dict = {}
+        if path.name == WEIGHTS and _is_gst_dir(path.parent):
+            entry["tensors"] = _narrow_weights(path, out)
+        elif path.name.endswith(".rel_w2c.npy"):
+            array = np.load(path)
+            entry["array"] = str(array.dtype)
+            np.save(out, array.astype(np.float32))
+        else:
+            shutil.copyfile(path, out)
+        entry["parts"] = _split(out, part_bytes)
+        files[rel.as_posix()] = entry
+    manifest = {"part_bytes": part_bytes, "files": files}
+    (dst / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _join(path: Path, parts: int) -> bytes:
+    chunks = []
+    for i in range(parts):
+        part = path.with_name(f"{path.name}{PART}{i:03d}")
+        if not part.is_file():
+            raise PayloadError(f"{part}: missing part {i + 1} of {parts} (was every file fetched?)")
+        chunks.append(part.read_bytes())
+    return b"".join(chunks)
+
+
+def restore(src, dst) -> list[str]:
+    """Rebuild the original tree from the payload `src` into `dst` (which must not exist): parts
+    joined, narrowed tensors and arrays cast back to their recorded dtypes. Returns the files
+    written (relative paths). PayloadError names a missing manifest, file or part."""
+    src, dst = Path(src), Path(dst)
+    if not (src / MANIFEST).is_file():
+        raise PayloadError(f"{src}: no {MANIFEST} (not a payload made by `pack`)")
+    if dst.exists():
+        raise PayloadError(f"{dst} exists: restore writes a new directory")
+    manifest = json.loads((src / MANIFEST).read_text())
+    for rel, entry in manifest["files"].items():
+        path, out = src / rel, dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if entry["parts"]:
+            out.write_bytes(_join(path, entry["parts"]))
+        elif path.is_file():
+            shutil.copyfile(path, out)
+        else:
+            raise PayloadError(f"{path}: missing (listed in {src / MANIFEST})")
+        if "tensors" in entry:
+            state = load_file(str(out))
+            dtypes = {k: getattr(torch, d) for k, d in entry["tensors"].items()}
+            save_file({k: v.to(dtypes[k]) if k in dtypes else v for k, v in state.items()}, str(out))
+        elif "array" in entry:
+            np.save(out, np.load(out).astype(entry["array"]))
+    return sorted(manifest["files"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.lease_payload", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="copy a tree narrowed and split into a payload directory")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--part-mib", type=float, default=15.0, help="largest file in the payload (MiB)")
+    r = sub.add_parser("restore", help="rebuild the original tree from a payload directory")
+    r.add_argument("src")
+    r.add_argument("dst")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "pack":
+            manifest = pack(args.src, args.dst, args.part_mib)
+            size = sum(p.stat().st_size for p in Path(args.dst).rglob("*") if p.is_file())
+            print(f"packed {len(manifest['files'])} files from {args.src} into {args.dst}: "
+                  f"{size / 2**20:.1f} MiB")
+        else:
+            files = restore(args.src, args.dst)
+            print(f"restored {len(files)} files into {args.dst}")
+    except PayloadError as e:
+        print(f"lease_payload: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
