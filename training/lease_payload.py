@@ -11,12 +11,19 @@ tree SRC to DST and, on the way,
   "codebook"), which stay as they are: half a transformer's bytes. Tokenizers are copied as
   they are: rounding their codebooks would change the codes they assign;
 - stores `*.rel_w2c.npy` token-shard arrays (relative cameras, float64) as float32;
+- compresses a file (zlib, fastest level) where that saves a tenth or more: token shards shrink
+  ~2.5x, float16 weights hardly;
 - splits every file larger than --part-mib into numbered parts (`NAME.part000`, ...);
 and writes DST/payload.json, which records each file's original dtypes and parts. `restore`
 joins the parts and casts every narrowed tensor and array back to its recorded dtype, so the
 result loads wherever the original did (gst_ros.models.io, training.token_shards). Values come
-back rounded once: float16 for weights (relative error <= 2^-11), float32 for cameras. Other
-files come back byte for byte.
+back rounded once: float16 for weights (relative error <= 2^-11 in float16's normal range; a
+tensor with a value float16 cannot hold, beyond 65504, stays float32), float32 for cameras.
+Other files come back byte for byte. Every stored file's size and SHA-256 are recorded, so a
+part cut short or left behind in a transfer is named rather than restored wrong. Both commands
+write into a temporary directory beside the destination and rename it at the end, so a failure
+leaves no half-written destination. Symbolic links, a file named payload.json and names that
+look like parts (NAME.part000) are refused in a tree to pack.
 
 Use: before a lease, `pack` the token shards and the model to start from into an ignored folder
 that the run carries; on the device, `restore` it and train; then `pack` the trained model
@@ -25,9 +32,13 @@ directories into $OUT, and `restore` what comes back here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import re
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +49,7 @@ MANIFEST = "payload.json"
 WEIGHTS = "model.safetensors"
 KEEP_SUFFIX = "codebook"  # frozen codebook copies stay at full precision
 PART = ".part"
+PART_NAME = re.compile(r".*\.part\d{3,}$")
 
 
 class PayloadError(ValueError):
@@ -45,11 +57,13 @@ class PayloadError(ValueError):
 
 
 def _narrow_weights(src: Path, dst: Path) -> dict:
-    """float32 tensors of src (safetensors) -> float16 in dst, except KEEP_SUFFIX names; returns
-    {name: original dtype} of the tensors narrowed."""
+    """float32 tensors of src (safetensors) -> float16 in dst, except KEEP_SUFFIX names and tensors
+    with a finite value float16 cannot hold (it would become inf); returns {name: original dtype}
+    of the tensors narrowed."""
     state = load_file(str(src))
     narrowed = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
-                if v.dtype == torch.float32 and not k.endswith(KEEP_SUFFIX)}
+                if v.dtype == torch.float32 and not k.endswith(KEEP_SUFFIX)
+                and torch.equal(torch.isfinite(v.half()), torch.isfinite(v))}
     save_file({k: v.half() if k in narrowed else v for k, v in state.items()}, str(dst))
     return narrowed
 
@@ -58,8 +72,12 @@ def _is_gst_dir(directory: Path) -> bool:
     """Whether `directory` is a model directory of kind "gst" (its config.json says so)."""
     try:
         return json.loads((directory / "config.json").read_text()).get("kind") == "gst"
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON / not UTF-8, not an object
         return False
+
+
+def _digest(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _split(path: Path, part_bytes: int) -> int:
@@ -77,35 +95,91 @@ def _split(path: Path, part_bytes: int) -> int:
     return count
 
 
+def _fresh(dst: Path) -> Path:
+    """A temporary directory beside `dst` (which must not exist) to build it in."""
+    if dst.exists():
+        raise PayloadError(f"{dst} exists: pack and restore write a new directory")
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise PayloadError(f"{dst}: cannot create ({e})") from e
+    return tmp
+
+
+def _finish(tmp: Path, dst: Path, build) -> None:
+    """Run build(tmp); rename tmp to dst when it succeeds, remove it when it fails (any error
+    that is not a PayloadError becomes one naming its type)."""
+    try:
+        build(tmp)
+    except PayloadError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # unreadable arrays / weights, I/O errors: name them, leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PayloadError(f"{type(e).__name__}: {e}") from e
+    tmp.rename(dst)
+
+
+def _files_to_pack(src: Path) -> list[Path]:
+    """Every file under src, sorted; PayloadError for what pack cannot carry faithfully."""
+    files = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_symlink():
+            raise PayloadError(f"{path}: a symbolic link (pack copies plain files only)")
+        if path.is_dir():
+            continue
+        if rel.as_posix() == MANIFEST:
+            raise PayloadError(f"{path}: a file named {MANIFEST} would be overwritten by the manifest")
+        if PART_NAME.match(path.name):
+            raise PayloadError(f"{path}: the name looks like a part of a split file ({PART}NNN)")
+        files.append(path)
+    return files
+
+
 def pack(src, dst, part_mib: float = 15.0) -> dict:
     """Copy the tree `src` to `dst` (which must not exist) narrowed and split as the module
     docstring says; returns the manifest written to dst/payload.json."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise PayloadError(f"{src}: not a directory")
-    if dst.exists():
-        raise PayloadError(f"{dst} exists: pack writes a new directory")
-    part_bytes = int(part_mib * 2**20)
-    if part_bytes < 1:
-        raise PayloadError(f"part size must be positive, got {part_mib} MiB")
-    files = {}
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = path.relative_to(src)
-        out = dst / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        entry: dict = {}
-        if path.name == WEIGHTS and _is_gst_dir(path.parent):
-            entry["tensors"] = _narrow_weights(path, out)
-        elif path.name.endswith(".rel_w2c.npy"):
-            array = np.load(path)
-            entry["array"] = str(array.dtype)
-            np.save(out, array.astype(np.float32))
-        else:
-            shutil.copyfile(path, out)
-        entry["parts"] = _split(out, part_bytes)
-        files[rel.as_posix()] = entry
-    manifest = {"part_bytes": part_bytes, "files": files}
-    (dst / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    if not (math.isfinite(part_mib) and part_mib > 0):
+        raise PayloadError(f"part size must be a positive number of MiB, got {part_mib}")
+    part_bytes = max(1, int(part_mib * 2**20))
+    paths = _files_to_pack(src)
+    manifest = {"part_bytes": part_bytes, "files": {}}
+
+    def build(tmp: Path) -> None:
+        for path in paths:
+            rel = path.relative_to(src)
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            entry: dict = {}
+            try:
+                if path.name == WEIGHTS and _is_gst_dir(path.parent):
+                    entry["tensors"] = _narrow_weights(path, out)
+                elif path.name.endswith(".rel_w2c.npy"):
+                    array = np.load(path)
+                    entry["array"] = str(array.dtype)
+                    np.save(out, array.astype(np.float32))
+                else:
+                    shutil.copyfile(path, out)
+            except Exception as e:
+                raise PayloadError(f"{path}: cannot pack ({type(e).__name__}: {e})") from e
+            data = out.read_bytes()
+            packed = zlib.compress(data, 1)  # token arrays shrink ~2.5x; float16 weights hardly
+            if len(packed) < 0.9 * len(data):
+                out.write_bytes(packed)
+                entry["zlib"] = True
+                data = packed
+            entry["stored"] = _digest(data)
+            entry["parts"] = _split(out, part_bytes)
+            manifest["files"][rel.as_posix()] = entry
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+    _finish(_fresh(dst), dst, build)
     return manifest
 
 
@@ -121,30 +195,45 @@ def _join(path: Path, parts: int) -> bytes:
 
 def restore(src, dst) -> list[str]:
     """Rebuild the original tree from the payload `src` into `dst` (which must not exist): parts
-    joined, narrowed tensors and arrays cast back to their recorded dtypes. Returns the files
-    written (relative paths). PayloadError names a missing manifest, file or part."""
+    joined and checked against their recorded size and SHA-256, narrowed tensors and arrays cast
+    back to their recorded dtypes. Returns the files written (relative paths). PayloadError names
+    a missing or unreadable manifest, a missing file or part, and a file that does not match."""
     src, dst = Path(src), Path(dst)
     if not (src / MANIFEST).is_file():
         raise PayloadError(f"{src}: no {MANIFEST} (not a payload made by `pack`)")
-    if dst.exists():
-        raise PayloadError(f"{dst} exists: restore writes a new directory")
-    manifest = json.loads((src / MANIFEST).read_text())
-    for rel, entry in manifest["files"].items():
-        path, out = src / rel, dst / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = json.loads((src / MANIFEST).read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PayloadError(f"{src / MANIFEST}: not a payload manifest ({type(e).__name__}: {e})") from e
+    stored = {}
+    for rel, entry in files.items():  # everything is checked before anything is written
+        path = src / rel
         if entry["parts"]:
-            out.write_bytes(_join(path, entry["parts"]))
+            data = _join(path, entry["parts"])
         elif path.is_file():
-            shutil.copyfile(path, out)
+            data = path.read_bytes()
         else:
             raise PayloadError(f"{path}: missing (listed in {src / MANIFEST})")
-        if "tensors" in entry:
-            state = load_file(str(out))
-            dtypes = {k: getattr(torch, d) for k, d in entry["tensors"].items()}
-            save_file({k: v.to(dtypes[k]) if k in dtypes else v for k, v in state.items()}, str(out))
-        elif "array" in entry:
-            np.save(out, np.load(out).astype(entry["array"]))
-    return sorted(manifest["files"])
+        if _digest(data) != entry["stored"]:
+            raise PayloadError(f"{path}: {len(data)} bytes that do not match the {entry['stored']['bytes']} "
+                               "packed (a part cut short or changed in transfer?)")
+        stored[rel] = zlib.decompress(data) if entry.get("zlib") else data
+
+    def build(tmp: Path) -> None:
+        for rel, entry in files.items():
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(stored[rel])
+            if "tensors" in entry:
+                state = load_file(str(out))
+                dtypes = {k: getattr(torch, d) for k, d in entry["tensors"].items()}
+                save_file({k: v.to(dtypes[k]) if k in dtypes else v for k, v in state.items()}, str(out))
+            elif "array" in entry:
+                np.save(out, np.load(out).astype(entry["array"]))
+
+    _finish(_fresh(dst), dst, build)
+    return sorted(files)
 
 
 def main(argv=None) -> int:
