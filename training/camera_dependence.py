@@ -25,6 +25,7 @@ and of the gain, one cell per image token).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -64,11 +65,16 @@ def measure(model, data: TokenShardDataset, pairs: int, batch: int, seed: int, d
     if not data.siblings:
         raise ValueError("camera_dependence needs TokenShardDataset(siblings=True)")
     order = np.random.default_rng(seed).permutation(len(data))
-    chosen = [int(i) for i in order if bool(data[int(i)]["has_sibling"])][:pairs]
+
+    def has_sibling(i: int) -> bool:  # from the shard's pair table, without reading any tokens
+        shard, row = data.locate(i)
+        return data.sibling_row(shard, row) != row
+
+    chosen = list(itertools.islice((int(i) for i in order if has_sibling(int(i))), pairs))
     if not chosen:
         raise ValueError(f"{data.root}: no pair has a sibling (one target per observation); "
                          "pre-tokenise with --pairs-per-scene >= 2")
-    own, sib = [], []
+    own, sib, scenes = [], [], []
     was_training = model.training
     model.eval()
     try:
@@ -77,10 +83,10 @@ def measure(model, data: TokenShardDataset, pairs: int, batch: int, seed: int, d
                 tokens = collate([data[i] for i in chosen[start: start + batch]])
                 own.append(cell_nll(model, tokens, tokens["camera"], device))
                 sib.append(cell_nll(model, tokens, tokens["sibling_camera"], device))
+                scenes.append(tokens["scene"].numpy())
     finally:
         model.train(was_training)
-    scenes = np.array([int(data[i]["scene"]) for i in chosen])
-    return {"index": np.array(chosen), "scene": scenes, "own": torch.cat(own).numpy(),
+    return {"index": np.array(chosen), "scene": np.concatenate(scenes), "own": torch.cat(own).numpy(),
             "sibling": torch.cat(sib).numpy()}
 
 

@@ -12,7 +12,7 @@ tree SRC to DST and, on the way,
   they are: rounding their codebooks would change the codes they assign;
 - stores `*.rel_w2c.npy` token-shard arrays (relative cameras, float64) as float32;
 - compresses a file (zlib, fastest level) where that saves a tenth or more: token shards shrink
-  ~2.5x, float16 weights hardly;
+  ~3x, float16 weights hardly;
 - splits every file larger than --part-mib into numbered parts (`NAME.part000`, ...);
 and writes DST/payload.json, which records each file's original dtypes and parts. `restore`
 joins the parts and casts every narrowed tensor and array back to its recorded dtype, so the
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import re
@@ -43,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 MANIFEST = "payload.json"
 WEIGHTS = "model.safetensors"
@@ -56,16 +58,21 @@ class PayloadError(ValueError):
     """A payload directory is incomplete or does not match its manifest."""
 
 
-def _narrow_weights(src: Path, dst: Path) -> dict:
-    """float32 tensors of src (safetensors) -> float16 in dst, except KEEP_SUFFIX names and tensors
-    with a finite value float16 cannot hold (it would become inf); returns {name: original dtype}
-    of the tensors narrowed."""
-    state = load_file(str(src))
+def _narrow_weights(data: bytes) -> tuple[bytes, dict]:
+    """(safetensors bytes with float32 tensors in float16, {name: original dtype} of the tensors
+    narrowed): all but KEEP_SUFFIX names and tensors with a finite value float16 cannot hold (it
+    would become inf)."""
+    state = load_tensors(data)
     narrowed = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
                 if v.dtype == torch.float32 and not k.endswith(KEEP_SUFFIX)
                 and torch.equal(torch.isfinite(v.half()), torch.isfinite(v))}
-    save_file({k: v.half() if k in narrowed else v for k, v in state.items()}, str(dst))
-    return narrowed
+    return save_tensors({k: v.half() if k in narrowed else v for k, v in state.items()}), narrowed
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def _is_gst_dir(directory: Path) -> bool:
@@ -80,18 +87,16 @@ def _digest(data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _split(path: Path, part_bytes: int) -> int:
-    """Split `path` into PART-numbered files of at most part_bytes when larger; returns the number
-    of parts (0 = left whole)."""
-    size = path.stat().st_size
-    if size <= part_bytes:
+def _write_parts(out: Path, data: bytes, part_bytes: int) -> int:
+    """Write `data` to `out`, or, when larger than part_bytes, to PART-numbered files of at most
+    part_bytes each; returns the number of parts (0 = written whole)."""
+    if len(data) <= part_bytes:
+        out.write_bytes(data)
         return 0
-    with open(path, "rb") as f:
-        count = 0
-        while chunk := f.read(part_bytes):
-            path.with_name(f"{path.name}{PART}{count:03d}").write_bytes(chunk)
-            count += 1
-    path.unlink()
+    count = 0
+    for start in range(0, len(data), part_bytes):
+        out.with_name(f"{out.name}{PART}{count:03d}").write_bytes(data[start: start + part_bytes])
+        count += 1
     return count
 
 
@@ -154,28 +159,25 @@ def pack(src, dst, part_mib: float = 15.0) -> dict:
     def build(tmp: Path) -> None:
         for path in paths:
             rel = path.relative_to(src)
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
             entry: dict = {}
             try:
+                data = path.read_bytes()
                 if path.name == WEIGHTS and _is_gst_dir(path.parent):
-                    entry["tensors"] = _narrow_weights(path, out)
+                    data, entry["tensors"] = _narrow_weights(data)
                 elif path.name.endswith(".rel_w2c.npy"):
-                    array = np.load(path)
+                    array = np.load(io.BytesIO(data))
                     entry["array"] = str(array.dtype)
-                    np.save(out, array.astype(np.float32))
-                else:
-                    shutil.copyfile(path, out)
+                    data = _npy_bytes(array.astype(np.float32))
             except Exception as e:
                 raise PayloadError(f"{path}: cannot pack ({type(e).__name__}: {e})") from e
-            data = out.read_bytes()
-            packed = zlib.compress(data, 1)  # token arrays shrink ~2.5x; float16 weights hardly
+            packed = zlib.compress(data, 1)  # token arrays shrink ~3x; float16 weights hardly
             if len(packed) < 0.9 * len(data):
-                out.write_bytes(packed)
                 entry["zlib"] = True
                 data = packed
             entry["stored"] = _digest(data)
-            entry["parts"] = _split(out, part_bytes)
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            entry["parts"] = _write_parts(out, data, part_bytes)
             manifest["files"][rel.as_posix()] = entry
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -222,15 +224,16 @@ def restore(src, dst) -> list[str]:
 
     def build(tmp: Path) -> None:
         for rel, entry in files.items():
+            data = stored[rel]
+            if "tensors" in entry:
+                dtypes = {k: getattr(torch, d) for k, d in entry["tensors"].items()}
+                data = save_tensors({k: v.to(dtypes[k]) if k in dtypes else v
+                                     for k, v in load_tensors(data).items()})
+            elif "array" in entry:
+                data = _npy_bytes(np.load(io.BytesIO(data)).astype(entry["array"]))
             out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(stored[rel])
-            if "tensors" in entry:
-                state = load_file(str(out))
-                dtypes = {k: getattr(torch, d) for k, d in entry["tensors"].items()}
-                save_file({k: v.to(dtypes[k]) if k in dtypes else v for k, v in state.items()}, str(out))
-            elif "array" in entry:
-                np.save(out, np.load(out).astype(entry["array"]))
+            out.write_bytes(data)
 
     _finish(_fresh(dst), dst, build)
     return sorted(files)
