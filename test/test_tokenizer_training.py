@@ -208,3 +208,32 @@ def test_fine_tune_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"architecture differs.*ch: config 32"):
         train(load_config(None, model=wider, steps=1, out=str(tmp_path / "ft"),
                           init_from=str(tmp_path / "base/model"), **common), progress=False)
+
+
+def test_held_out_split_defaults_to_the_readers_own(tmp_path):
+    """A synthetic render has no "val" split: without `val_split` the held-out batches come from
+    its unseen views (SyntheticDataset.held_out_split), a named split wins, the real-data readers
+    default to "val", and a split the render lacks is named in the error."""
+    pytest.importorskip("pybullet")
+    from gst_ros.cli import main as gst_main
+    from gst_ros.models.vq import VQModel
+    from training.datasets import dataset_class
+    from training.train_tokenizer import BatchSource
+
+    data = tmp_path / "synth"
+    assert gst_main(["render", "--out", str(data), "--scenes", "2", "--views", "4", "--size", "64",
+                     "--test-view-fraction", "0.5", "--seed", "3", "--quiet"]) == 0
+    assert {dataset_class(n).held_out_split for n in ("co3d", "objaverse", "re10k", "mvimgnet")} == {"val"}
+
+    def source(**over):
+        cfg = load_config(None, kind="image", preset="image-small", model=TINY_IMAGE, dataset="synthetic",
+                          data=str(data), out=str(tmp_path / "run"), **over)
+        return BatchSource(cfg, cfg.vq_config(), VQModel(cfg.vq_config()))
+
+    default = source()
+    assert default.readers["val"].split == "test_views"
+    val = default.batch(0, "val", 4)
+    assert val.shape == (4, 3, 32, 32) and torch.isfinite(val).all()
+    assert source(val_split="train").readers["val"].split == "train"
+    with pytest.raises(KeyError, match="no split 'val'"):
+        source(val_split="val")

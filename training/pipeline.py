@@ -117,9 +117,10 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
         d = tok / kind
         tok_dirs[kind] = d / "model"
         if _stage(f"2/5 train the {kind} tokenizer", (d / "model" / "config.json").is_file()):
-            # trained on the rendered train split; held-out metrics on unseen views (test_views)
-            fields = {"kind": kind, "dataset": "synthetic", "data": str(data), "val_split": "test_views",
-                      "out": str(d), "seed": seed, **over}
+            # trained on the rendered train split; held-out metrics on the reader's held-out split
+            # (SyntheticDataset.held_out_split: unseen views)
+            fields = {"kind": kind, "dataset": "synthetic", "data": str(data), "out": str(d), "seed": seed,
+                      **over}
             yaml_path = REPO / "training" / "configs" / yaml_name if yaml_name else None
             cfg = train_tokenizer.load_config(yaml_path, **fields)
             train_tokenizer.train(cfg, resume=(d / "checkpoint.pt").is_file(), progress=progress)

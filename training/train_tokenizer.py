@@ -57,7 +57,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # VQConfig field overrides
     dataset: str = "builtin"            # "builtin" or a training.datasets name (needs --data)
     data: str | None = None
-    val_split: str = "val"              # held-out split name of the reader (synthetic: test_views)
+    val_split: str | None = None        # held-out split of the reader; None: its default (synthetic:
+    #                                     test_views, the real-data readers: val)
     out: str = "runs/tokenizer"
     steps: int = 2000
     batch_size: int = 16
@@ -190,10 +191,11 @@ class BatchSource:
         if cfg.dataset != "builtin":
             if not cfg.data:
                 raise ValueError(f"dataset {cfg.dataset!r} needs a data directory (--data DIR)")
-            from training.datasets import build_dataset
+            from training.datasets import build_dataset, dataset_class
 
+            val_split = cfg.val_split or dataset_class(cfg.dataset).held_out_split
             self.readers = {"train": build_dataset(cfg.dataset, cfg.data, "train"),
-                            "val": build_dataset(cfg.dataset, cfg.data, cfg.val_split)}
+                            "val": build_dataset(cfg.dataset, cfg.data, val_split)}
             if len(self.readers["train"]) == 0:
                 raise ValueError(f"dataset {cfg.dataset!r} at {cfg.data}: no training scenes")
 

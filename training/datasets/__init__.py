@@ -92,6 +92,7 @@ class SceneReader(torch.utils.data.Dataset):
     the first loaded view of the scene are skipped (a MultiViewSample holds one image size)."""
 
     min_views = 1
+    held_out_split = "val"  # the split a trainer's held-out metrics read when none is named
     max_logged_per_reason = 20
     cache_size = 64
 

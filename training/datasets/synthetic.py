@@ -26,6 +26,8 @@ FORMAT = "gst_ros.synthetic"
 
 
 class SyntheticDataset:
+    held_out_split = "test_views"  # `gst render` writes train / test_views / test_objects, no val
+
     def __init__(self, root, split: str = "train", num_views: int | None = None):
         """`num_views`: if set, each sample holds the first `num_views` views of its split."""
         self.root = Path(root)
