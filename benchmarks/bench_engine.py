@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "test"))
 
 from gst_ros.engine.engine import EngineConfig, GSTEngine, default_model_dir  # noqa: E402
 from gst_ros.geometry import look_at  # noqa: E402
+from training.evaluate import parse_view_samples, view_method  # noqa: E402
 
 
 def test_image(h: int, w: int, seed: int) -> np.ndarray:
@@ -55,6 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=4, help="pose samples per estimate")
     p.add_argument("--proposals", type=int, default=4)
+    p.add_argument("--view-samples", default="", metavar="K[/M][,...]",
+                   help="also time predict_view with these sample counts K, averaging the M most "
+                        "consistent (e.g. 4,16/4; training.evaluate's --view-samples; default: only the "
+                        "engine's default and one sample)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -81,6 +86,7 @@ def main(argv=None) -> int:
     w2c = look_at([0.3, -0.1, 0.05], [0.0, 0.0, 1.0], up=(0.0, -1.0, 0.0))
     heads_only = engine.pose_estimate == "head" and engine.model.center_head is not None
     label = "heads, no sampling" if heads_only else f"{engine.pose_estimate}, samples={args.samples}"
+    default_view = view_method(engine.config.view_samples, engine.config.view_keep).removeprefix("gst, ")
     tasks = {
         f"estimate_pose ({label})": (
             lambda: engine.estimate_pose(obs, next(frames), K, K, samples=args.samples)),
@@ -88,12 +94,15 @@ def main(argv=None) -> int:
             lambda: engine.estimate_pose(next(frames), next(frames), K, K, samples=args.samples)),
         f"estimate_pose ({label}, K unknown)": (
             lambda: engine.estimate_pose(obs, next(frames), samples=args.samples)),
-        f"predict_view (mean of {engine.config.view_samples})": (
+        f"predict_view (default: {default_view})": (
             lambda: engine.predict_view(obs, w2c, K_obs=K)),
         "predict_view (one sample)": lambda: engine.predict_view(obs, w2c, K_obs=K, samples=1),
         f"propose_views (n={args.proposals})": lambda: engine.propose_views(obs, n=args.proposals, K_obs=K),
         "unconditional_view": lambda: engine.unconditional_view(obs, K_obs=K),
     }
+    for k, keep in parse_view_samples(args.view_samples) if args.view_samples else []:
+        tasks[f"predict_view ({view_method(k, keep).removeprefix('gst, ')})"] = (
+            lambda k=k, keep=keep: engine.predict_view(obs, w2c, K_obs=K, samples=k, keep=keep))
     if heads_only:  # the camera-token read-out of the same model, for comparison
         tasks[f"estimate_pose (mean, samples={args.samples})"] = (
             lambda: engine.estimate_pose(obs, next(frames), K, K, samples=args.samples, estimate="mean"))

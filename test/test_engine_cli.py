@@ -87,8 +87,9 @@ def test_gst_view_pose_and_orbit(files, capsys):
     img = cv2.imread(str(out))
     assert img.shape == (32, 32, 3)
     np.testing.assert_allclose(rec["position"], [0.1, 0, 0], atol=1e-12)
-    # default: the mean of 4 samples, with their per-pixel spread beside it
-    assert rec["samples"] == 4 and rec["spread_file"] == str(files["root"] / "view_spread.png")
+    # default: the mean of the 4 most consistent of 16 samples, with their per-pixel spread beside it
+    assert (rec["samples"], rec["kept"]) == (16, 4)
+    assert rec["spread_file"] == str(files["root"] / "view_spread.png")
     spread = cv2.imread(rec["spread_file"])
     assert spread.shape == (32, 32, 3) and (spread[..., 0] == spread[..., 2]).all() and spread.max() > 0
     # and the sample closest to the requested camera: one draw, not the mean
@@ -98,8 +99,10 @@ def test_gst_view_pose_and_orbit(files, capsys):
     assert main(argv + ["--pose", "0.1,0,0,0,0,0,1", "--json", "--samples", "1"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["samples"] == 1 and "spread_file" not in rec and "sample_file" not in rec
-    assert main(argv + ["--orbit", "20,10"]) == 0
-    assert "mean of 4 samples" in capsys.readouterr().out
+    assert main(argv + ["--orbit", "20,10", "--samples", "6", "--keep", "0"]) == 0
+    assert "mean of the 6 of 6 samples" in capsys.readouterr().out
+    assert main(argv + ["--orbit", "20,10", "--keep", "-1"]) == 2
+    assert "keep must be an integer >= 0" in capsys.readouterr().err
     assert main(argv + ["--orbit=-30,5"]) == 0  # a leading minus needs the `=` form
     np.testing.assert_allclose(camera_center(orbit_w2c(20, 10)) - [0, 0, 1], [
         math.sin(math.radians(20)) * math.cos(math.radians(10)), -math.sin(math.radians(10)),

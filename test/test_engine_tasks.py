@@ -269,8 +269,42 @@ def test_expected_view_is_the_pixel_mean_and_spread_of_its_samples(engine):
     np.testing.assert_allclose(view.consistency, loglik.double().numpy(), rtol=1e-5)
     assert (view.consistency < 0).all()
     np.testing.assert_array_equal(view.consistent_sample, draws[int(loglik.argmax())].astype(np.uint8))
-    assert engine.config.view_samples == 4
-    assert engine.predict_view(obs, TARGET_W2C, seed=5).samples == 4
+    assert (engine.config.view_samples, engine.config.view_keep) == (16, 4)
+    default = engine.predict_view(obs, TARGET_W2C, seed=5)
+    assert (default.samples, default.kept, view.kept) == (16, 4, 3)
+
+
+def test_expected_view_averages_the_most_consistent_samples(engine):
+    """`keep` of the samples, those the model places closest to the requested camera, make the
+    image; the spread stays that of all the samples; keep 0 averages them all."""
+    import torch
+
+    from gst_ros.engine import generation
+
+    obs = image(seed=1)
+    obs_sq, K_sq = engine.prepare(obs, K_WIDE)
+    codes = generation.novel_view(engine.model, engine.image_tokens(obs_sq).expand(5, -1),
+                                  engine.camera_tokens(K_sq, TARGET_W2C).expand(5, -1), engine.sampling,
+                                  torch.Generator().manual_seed(7))
+    draws = engine._images(codes).astype(np.float64)
+    views = {k: engine.predict_view(obs, TARGET_W2C, K_obs=K_WIDE, seed=7, samples=5, keep=k)
+             for k in (0, 1, 2, 9)}
+    order = np.argsort(-views[0].consistency)
+    assert len(set(views[0].consistency.round(6))) == 5  # no ties: the two best are well defined
+    for k, want in ((0, range(5)), (1, order[:1]), (2, order[:2]), (9, range(5))):
+        v = views[k]
+        np.testing.assert_array_equal(v.consistency, views[0].consistency)
+        mean = np.clip(np.rint(draws[list(want)].mean(0)), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(v.image, mean)
+        np.testing.assert_allclose(v.spread, draws.std(0).mean(-1), atol=1e-3)
+        assert (v.samples, v.kept) == (5, len(want))
+    np.testing.assert_array_equal(views[1].image, views[1].consistent_sample)
+    assert not np.array_equal(views[2].image, views[0].image)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="keep"):
+            engine.predict_view(obs, TARGET_W2C, samples=2, keep=bad)
+    with pytest.raises(ValueError, match="view_keep"):
+        EngineConfig(view_keep=-2)
 
 
 def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_path, monkeypatch):
@@ -281,13 +315,18 @@ def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_p
     from gst_ros.models.transformer import HeadReadout
 
     model_dir = make_tiny_model(tmp_path, seed=4, name="cons", pose_head=True)
-    eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
+    eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
+    assert eng.config.pose_symmetric  # the pose read both ways; a sample's, one way only
     # the head "reads" each of the 3 views as the requested rotation turned by 40, 5 and 90 deg
     turns = [40.0, 5.0, 90.0]
     R_req = TARGET_W2C[:3, :3]
     read = [cv2.Rodrigues(np.array([0.0, math.radians(t), 0.0]))[0] @ R_req for t in turns]
-    monkeypatch.setattr(generation, "pose_readout",
-                        lambda model, o, i, symmetric=False: HeadReadout(torch.tensor(np.stack(read))))
+
+    def fake_readout(model, o, i, symmetric=False):
+        assert not symmetric and o.shape == i.shape == (3, model.config.layout.n)
+        return HeadReadout(torch.tensor(np.stack(read)))
+
+    monkeypatch.setattr(generation, "pose_readout", fake_readout)
     view = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3)
     np.testing.assert_allclose(view.consistency, [-t for t in turns], atol=1e-6)
     monkeypatch.undo()
@@ -333,7 +372,8 @@ def test_predict_view_uses_the_requested_pose(engine, monkeypatch):
     m = TINY_CAMERA.resolution
     K_map = crop_resize_intrinsics(K_sq, (0, 0, engine.image_size, engine.image_size), (m, m))
     want = engine.camera_tokenizer.encode_maps(plucker_map(K_map, TARGET_W2C, m, m))
-    torch.testing.assert_close(seen["cam"].cpu(), want.reshape(1, -1).expand(4, -1))  # one row per sample
+    # one row per sample (view_samples)
+    torch.testing.assert_close(seen["cam"].cpu(), want.reshape(1, -1).expand(16, -1))
 
 
 def test_propose_and_unconditional_views(engine):

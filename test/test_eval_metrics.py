@@ -272,3 +272,15 @@ def test_opencv_baseline_fails_cleanly_on_blank_images():
     np.testing.assert_array_equal(res.rel_w2c, np.eye(4))
     with pytest.raises(ValueError, match="uint8"):
         baselines.essential_matrix_pose(blank.astype(np.float32), blank, K)
+
+
+def test_view_samples_entries_name_their_rows():
+    from training.evaluate import parse_view_samples, view_method
+
+    assert parse_view_samples("1, 8,16/4,,4/0") == [(1, 0), (8, 0), (16, 4), (4, 0)]
+    for bad in ("", "a", "4/x", "0", "4/-1", "4/2/1"):
+        with pytest.raises(ValueError, match="view-samples"):
+            parse_view_samples(bad)
+    assert [view_method(k, m) for k, m in ((1, 0), (1, 4), (8, 0), (8, 8), (8, 12), (16, 4))] == [
+        "gst", "gst", "gst, mean of 8", "gst, mean of 8", "gst, mean of 8",
+        "gst, mean of the 4 most consistent of 16"]

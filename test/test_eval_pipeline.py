@@ -37,6 +37,8 @@ def test_quick_pipeline_end_to_end(quick):
         mean4 = rows[("gst, mean of 4", group)]  # the expected view: an NVS-only row
         assert math.isfinite(mean4["PSNR"]) and mean4["pairs"] == 0
         assert math.isfinite(rows[("gst, most consistent of 4", group)]["PSNR"])
+        # the engine's default expected view: the 4 of 16 samples closest to the requested camera
+        assert math.isfinite(rows[("gst, mean of the 4 most consistent of 16", group)]["PSNR"])
         # side retrieval over each scene's whole orbit (6 views: the 2 evaluated and 4 more):
         # copying the observation always retrieves the observation; chance is 1 in 6. (This
         # minute-old tokenizer is too rough for its round trip to find its own view reliably:
@@ -55,8 +57,9 @@ def test_quick_pipeline_end_to_end(quick):
     grid = (out / "eval" / "grids" / "nvs_observation_truth_prediction.png")
     import cv2
 
-    # observation | truth | 1 sample | mean of 4 | most consistent of 4
-    assert cv2.imread(str(grid)).shape[1] == 5 * 32 + 6 * 2
+    # observation | truth | 1 sample | mean of 4 | most consistent of 4 | mean of the 4 most
+    # consistent of 16 | most consistent of 16
+    assert cv2.imread(str(grid)).shape[1] == 7 * 32 + 8 * 2
     nearest = cv2.imread(str(grid.with_name("nvs_observation_truth_nearest_view.png")))
     assert nearest.shape == cv2.imread(str(grid)).shape
     assert (out / "gst" / "train_log.csv").is_file() and (out / "data" / "preview.png").is_file()

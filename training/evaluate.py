@@ -26,8 +26,10 @@ Novel views: engine.predict_view(observation, true camera j) against the true vi
 resolution: PSNR, SSIM, LPIPS when VGG weights are given (training/image_metrics.py); the
 "copy observation" baseline scores the observation itself as the prediction. One row per entry
 of --view-samples: "gst" is a single sampled view (the paper's protocol), "gst, mean of k" the
-per-pixel mean of k sampled views (the engine's expected view, EngineConfig.view_samples), and
-with it "gst, most consistent of k": the one of those k samples the model places closest to the
+per-pixel mean of k sampled views, "gst, mean of the m most consistent of k" (an entry k/m) the
+per-pixel mean of the m of k samples the model places closest to the requested camera (the
+engine's expected view, EngineConfig.view_samples / view_keep, by default 16/4), and with each k
+"gst, most consistent of k": the one of those k samples the model places closest to the
 requested camera (PredictedView.consistent_sample, GSTEngine.view_consistency). The row "truth
 through the image tokenizer (bound)" encodes and decodes the true view: what a perfect transformer
 would score through this tokenizer. The row "gst at the observation's own camera (copy check)"
@@ -287,9 +289,35 @@ def default_methods(engine) -> list[str]:
     return [m for m in POSE_METHODS if m != "gst-head" or has_head]
 
 
-def view_method(view_samples: int) -> str:
-    """The NVS row name of a predicted view averaging `view_samples` samples."""
-    return "gst" if view_samples == 1 else f"gst, mean of {view_samples}"
+def view_method(view_samples: int, keep: int = 0) -> str:
+    """The NVS row name of a predicted view of `view_samples` samples whose image averages the
+    `keep` most consistent of them (0 = all; predict_view's `keep`)."""
+    if view_samples == 1:
+        return "gst"
+    if keep == 0 or keep >= view_samples:
+        return f"gst, mean of {view_samples}"
+    return f"gst, mean of the {keep} most consistent of {view_samples}"
+
+
+def parse_view_samples(text: str) -> list[tuple[int, int]]:
+    """--view-samples "1,8,16/4" -> [(1, 0), (8, 0), (16, 4)]: (samples, keep) per entry; "K" is
+    the mean of all K samples (keep 0), "K/M" the mean of the M most consistent of K.
+    ValueError naming the entry otherwise."""
+    out = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        k, _, m = entry.partition("/")
+        try:
+            pair = (int(k), int(m) if m else 0)
+        except ValueError:
+            raise ValueError(f"--view-samples: {entry!r} is not K or K/M (integers)") from None
+        if pair[0] < 1 or pair[1] < 0:
+            raise ValueError(f"--view-samples: {entry!r} needs K >= 1 and M >= 0")
+        out.append(pair)
+    if not out:
+        raise ValueError(f"--view-samples: no entry in {text!r}")
+    return out
 
 
 def consistent_view_method(view_samples: int) -> str:
@@ -300,11 +328,12 @@ def consistent_view_method(view_samples: int) -> str:
 
 def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples: int = 4,
                     seed: int = 0, nvs: bool = True, lpips: LPIPSMetric | None = None,
-                    progress: bool = True, view_samples=(1,)) -> dict:
+                    progress: bool = True, view_samples=((1, 0),)) -> dict:
     """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
     (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred per view_samples
     entry)] images}. methods: names from POSE_METHODS; None = default_methods(engine);
-    view_samples: the sample counts of the predicted views scored (view_method names the rows)."""
+    view_samples: (samples, keep) of each predicted view scored (predict_view's arguments; a bare
+    int k is (k, 0), the mean of all k; view_method names the rows)."""
     methods = default_methods(engine) if methods is None else methods
     pair_rows, scene_rows, nvs_rows, grids, side_grids = [], [], [], [], []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
@@ -343,12 +372,14 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
                              "side_err_deg": side.error_deg})
             for j in range(1, n):
                 truth = gallery[j]
-                preds = []
-                for k in view_samples:
+                preds, named = [], set()
+                for entry in view_samples:
+                    k, keep = (entry, 0) if isinstance(entry, int) else entry
                     view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
-                                               seed=seed + j, samples=k)
-                    preds.append((view_method(k), view.image))
-                    if k > 1:
+                                               seed=seed + j, samples=k, keep=keep)
+                    preds.append((view_method(k, keep), view.image))
+                    if k > 1 and consistent_view_method(k) not in named:  # the same draws for every keep
+                        named.add(consistent_view_method(k))
                         preds.append((consistent_view_method(k), view.consistent_sample))
                 tok = engine.image_tokenizer
                 bound = from_model_tensor(tok.decode(tok.encode(truth)))[0]
@@ -472,10 +503,10 @@ def main(argv=None) -> int:
                          "(EngineConfig.pose_mirror off)")
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV baseline")
     ap.add_argument("--no-nvs", action="store_true", help="skip novel-view synthesis")
-    ap.add_argument("--view-samples", default="1,4", metavar="K[,K...]",
-                    help="sampled views averaged per predicted view, one NVS row per entry "
-                         "(1 = a single sample, 'gst'; k > 1 = 'gst, mean of k' and 'gst, most "
-                         "consistent of k')")
+    ap.add_argument("--view-samples", default="1,16/4", metavar="K[/M][,...]",
+                    help="sampled views per predicted view, one NVS row per entry (1 = a single "
+                         "sample, 'gst'; K > 1 = 'gst, mean of K' and 'gst, most consistent of K'; "
+                         "K/M = 'gst, mean of the M most consistent of K', the engine's default 16/4)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")
@@ -511,11 +542,9 @@ def main(argv=None) -> int:
     methods = [m for m in methods if not (m == "opencv" and args.no_opencv)]
     lp = LPIPSMetric(args.vgg, args.lpips_lin) if args.vgg else None
     try:
-        view_samples = [int(k) for k in args.view_samples.split(",") if k.strip()]
-    except ValueError:
-        ap.error(f"--view-samples: expected integers like 1,4, got {args.view_samples!r}")
-    if not view_samples or min(view_samples) < 1:
-        ap.error(f"--view-samples: expected integers >= 1, got {args.view_samples!r}")
+        view_samples = parse_view_samples(args.view_samples)
+    except ValueError as e:
+        ap.error(str(e))
     res = evaluate_scenes(scenes, engine, methods, args.samples, args.seed, nvs=not args.no_nvs, lpips=lp,
                           progress=not args.no_progress, view_samples=view_samples)
     table = write_report(res, args.out)

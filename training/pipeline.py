@@ -163,7 +163,7 @@ def run_pipeline(out, size: PipelineSize, seed: int = 0, progress: bool = True) 
                   file=sys.stderr, flush=True)
         scenes += found
     res = evaluate.evaluate_scenes(scenes, engine, samples=size.eval_samples, seed=seed, progress=progress,
-                                   view_samples=(1, 4))
+                                   view_samples=((1, 0), (4, 0), (16, 4)))
     table = evaluate.write_report(res, eval_dir, title="GST pipeline evaluation")
     seconds["evaluate"] = time.perf_counter() - t
     return {"table": table, "seconds": seconds,

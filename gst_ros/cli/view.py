@@ -19,12 +19,14 @@ y down, z forward), translation in the model's unit scene scale, in one of two w
 Write a value list that starts with a minus sign with `=`: `--orbit=-30,10`, `--pose=-0.2,0,0,0,0,0,1`.
 
 The predicted view is written as a PNG at the model's resolution (square); its intrinsics are
-the observation's after the centre crop and resize (printed). With --samples N > 1 (default 4)
-it is the per-pixel mean of N sampled views (the expected view), and their per-pixel standard
-deviation is written beside it as <out>_spread.png (grey level = deviation in 0-255 intensity
-units: bright where the model is unsure) and the one sample the model places closest to the
-requested camera (the pose it reads back from that sample is nearest the one asked for: a sharp
-view from the requested side) as <out>_sample.png; --samples 1 writes one sample.
+the observation's after the centre crop and resize (printed). With --samples N > 1 (default: the
+engine's, 16) N views are sampled and each is scored by how close the model places it to the
+requested camera (the pose it reads back from the sample against the one asked for); the PNG is
+the per-pixel mean of the --keep M best (default 4; 0 = all N): the expected view of the
+requested side. The N samples' per-pixel standard deviation is written beside it as
+<out>_spread.png (grey level = deviation in 0-255 intensity units: bright where the model is
+unsure) and the single best sample (a sharp view from the requested side) as <out>_sample.png;
+--samples 1 writes one sample.
 """
 from __future__ import annotations
 
@@ -83,8 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--orbit", type=lambda s: parse_floats(s, 2, "--orbit"), metavar="AZ_DEG,EL_DEG",
                        help="orbit around the point one unit in front of the camera (see above)")
     parser.add_argument("--out", required=True, help="output PNG file")
-    parser.add_argument("--samples", type=int, default=4, metavar="N",
-                        help="sampled views averaged into the output (1 = a single sample)")
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help="views sampled (default: the engine's view_samples, 16; 1 = a single sample)")
+    parser.add_argument("--keep", type=int, default=None, metavar="M",
+                        help="the output averages the M samples placed closest to the requested camera "
+                             "(default: the engine's view_keep, 4; 0 = all N)")
     parser.add_argument("--json", action="store_true", help="print the view's camera as JSON")
     add_engine_arguments(parser)
 
@@ -97,12 +102,13 @@ def run(args) -> int:
         w2c = pose_w2c(args.pose) if args.pose is not None else orbit_w2c(*args.orbit)
         obs = load_image(args.observation)
         engine = engine_from_args(args)
-        view = engine.predict_view(obs, w2c, K_obs=args.K, samples=args.samples)
+        view = engine.predict_view(obs, w2c, K_obs=args.K, samples=args.samples, keep=args.keep)
     except (ModelNotFoundError, ValueError) as e:
         print(f"gst view: {e}", file=sys.stderr)
         return 2
     path = save_png(args.out, view.image)
-    rec = {"file": str(path), **pose_record(view.w2c), "K": view.K.tolist(), "samples": view.samples}
+    rec = {"file": str(path), **pose_record(view.w2c), "K": view.K.tolist(), "samples": view.samples,
+           "kept": view.kept}
     grey = view.spread_image()
     if grey is not None:
         spread_path = path.with_name(path.stem + "_spread.png")
@@ -112,7 +118,8 @@ def run(args) -> int:
         print(json.dumps(rec, indent=2))
     else:
         p, q = rec["position"], rec["quaternion_xyzw"]
-        what = f"mean of {view.samples} samples" if view.samples > 1 else "one sample"
+        what = (f"mean of the {view.kept} of {view.samples} samples closest to the camera" if view.samples > 1
+                else "one sample")
         print(f"wrote {path} ({view.image.shape[1]}x{view.image.shape[0]}, {what})"
               + (f", {rec['spread_file']} and {rec['sample_file']} (most consistent sample)"
                  if "spread_file" in rec else ""))

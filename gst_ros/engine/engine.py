@@ -159,13 +159,15 @@ class PoseEstimate:
 @dataclass
 class PredictedView:
     image: np.ndarray          # (S,S,3) uint8 RGB at the model's resolution: one sampled view, or
-                               # with several samples their pixel mean (the expected view)
+                               # with several samples the pixel mean of the `kept` of them the model
+                               # places closest to the requested camera (the expected view)
     K: np.ndarray              # (3,3) intrinsics of that image (pixels, OpenCV convention)
     w2c: np.ndarray            # (4,4) the view's camera, world = observation camera frame (OpenCV axes)
-    spread: np.ndarray | None = None   # (S,S) float32: per pixel, the standard deviation of the
-                                       # sampled views (mean over R, G, B; 0-255 intensity units);
-                                       # None for a single sample
-    samples: int = 1                   # how many sampled views `image` averages
+    spread: np.ndarray | None = None   # (S,S) float32: per pixel, the standard deviation of all
+                                       # the sampled views (mean over R, G, B; 0-255 intensity
+                                       # units): where the model is unsure; None for a single sample
+    samples: int = 1                   # how many views were sampled
+    kept: int = 1                      # how many of them `image` averages (the most consistent)
     consistent_sample: np.ndarray | None = None  # (S,S,3) uint8 RGB: of those sampled views, the
                                        # one the model places closest to the requested camera
                                        # (GSTEngine.view_consistency): a sharp view from the
@@ -205,14 +207,17 @@ class EngineConfig:
     pose_mirror: bool = True           # head read-outs with a centre head: also read the pair
                                        # mirrored left-right (both images flipped) and average the
                                        # estimate mapped back (generation.mirror_averaged_readout)
-    view_samples: int = 4              # predict_view: sampled views averaged into the returned
-                                       # image (its expected value, per pixel) and their spread;
-                                       # 1 = a single sample, as the paper
+    view_samples: int = 16             # predict_view: views sampled from p(i | c, o) in one batch
+                                       # (their spread is returned); 1 = a single sample, as the paper
+    view_keep: int = 4                 # the returned image is the per-pixel mean of the view_keep
+                                       # samples the model places closest to the requested camera
+                                       # (view_consistency); 0 = of all of them
 
     def __post_init__(self):
         if self.pose_estimate not in POSE_ESTIMATES:
             raise ValueError(f"pose_estimate must be one of {POSE_ESTIMATES}, got {self.pose_estimate!r}")
         _check_count(self.view_samples, "view_samples")
+        _check_keep(self.view_keep, "view_keep")
 
 
 def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -658,19 +663,22 @@ class GSTEngine:
                             rotation_spread_deg=spread, latency_s=time.perf_counter() - t0)
 
     def predict_view(self, observation, w2c_target, K_obs=None, K_target=None, seed=None,
-                     samples: int | None = None) -> PredictedView:
+                     samples: int | None = None, keep: int | None = None) -> PredictedView:
         """The view from camera `w2c_target` (world = observation camera frame, OpenCV axes, unit
         scene scale): [o, <GEN>, c] -> i. K_target: the target camera's intrinsics for an image of
         the SAME size as the observation (cropped and resized like it); default K_obs.
-        `samples` (default EngineConfig.view_samples) views are drawn from p(i | c, o) in one batch;
-        with more than one, `image` is their per-pixel mean (the expected view: smoother than any
-        one sample, closer to the truth in squared error) and `spread` their per-pixel standard
-        deviation (where the model is unsure what it will see), and `consistent_sample` is the
-        one sample the model places closest to the requested camera (view_consistency; its
-        scores in `consistency`): sharper than the mean, and a better single view than a random
-        sample."""
+        `samples` (default EngineConfig.view_samples) views are drawn from p(i | c, o) in one batch.
+        With more than one, each is scored by how close the model places it to the requested
+        camera (view_consistency; scores in `consistency`); `image` is the per-pixel mean of the
+        `keep` best (default EngineConfig.view_keep; 0 = all): an expected view over the samples
+        that show the requested side, smoother than any one sample and closer to the truth in
+        squared error. `spread` is the per-pixel standard deviation of all the samples (where the
+        model is unsure what it will see) and `consistent_sample` the single best: sharper than
+        the mean, and a better single view than a random sample."""
         samples = self.config.view_samples if samples is None else samples
+        keep = self.config.view_keep if keep is None else keep
         _check_count(samples, "samples")
+        _check_keep(keep, "keep")
         w2c = as_array(w2c_target, "w2c_target", (4, 4))
         check_pose(w2c, "w2c_target")
         obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
@@ -687,8 +695,11 @@ class GSTEngine:
             return PredictedView(image=views[0], K=K_sq, w2c=w2c)
         with self._autocast():
             consistency = self.view_consistency(obs_tok, codes, cam_tok, w2c)
-        image, spread = expected_view(views)
-        return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples,
+        kept = samples if keep == 0 else min(keep, samples)
+        best = np.sort(np.argsort(-consistency, kind="stable")[:kept])
+        image, _ = expected_view(views[best])
+        _, spread = expected_view(views)
+        return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples, kept=kept,
                              consistent_sample=views[int(np.argmax(consistency))], consistency=consistency)
 
     def view_consistency(self, observation_codes: torch.Tensor, view_codes: torch.Tensor,
@@ -698,16 +709,17 @@ class GSTEngine:
         the observation (image codes (1, n)): how well the model's own pose reading of each view
         agrees with the requested camera; higher = closer. With a pose head: minus the geodesic
         angle (degrees) between the requested rotation and the head's rotation read from
-        (observation, view) (generation.pose_readout, both ways when EngineConfig.pose_symmetric);
-        without one: log p(c | view, o) in nats (generation.pose_log_likelihood). Keeping the
-        best of 8 samples this way lifts one view's PSNR by ~0.4-0.5 dB over a random sample
-        (model card)."""
+        (observation, view) (generation.pose_readout, one way whatever EngineConfig.pose_symmetric
+        says: reading the swapped pairs too ranked the samples no better at twice the cost,
+        docs/engine.md); without one: log p(c | view, o) in nats (generation.pose_log_likelihood).
+        Keeping the best of 8 samples this way lifts one view's PSNR by ~0.4-0.5 dB over a random
+        sample (model card)."""
         k = view_codes.shape[0]
         obs = observation_codes.expand(k, -1)
         if self.model.pose_head is None:
             loglik = generation.pose_log_likelihood(self.model, obs, view_codes, camera_codes.expand(k, -1))
             return loglik.double().cpu().numpy()
-        readout = generation.pose_readout(self.model, obs, view_codes, self.config.pose_symmetric)
+        readout = generation.pose_readout(self.model, obs, view_codes)
         R_read = rotation_from_covariance(readout.rotation.double())
         R_req = torch.as_tensor(np.asarray(w2c_target, dtype=np.float64)[:3, :3]).expand_as(R_read)
         return -rotation_error_deg(R_read, R_req)
@@ -771,3 +783,8 @@ def _check_image(image, name: str) -> tuple[int, int]:
 def _check_count(n, name: str) -> None:
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+
+
+def _check_keep(n, name: str) -> None:
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (0 = all the samples), got {n!r}")

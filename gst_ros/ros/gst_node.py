@@ -286,7 +286,7 @@ class GSTNode(LifecycleNode):
                            pose_estimate=str(self.p("pose_estimate")),
                            pose_symmetric=bool(self.p("pose_symmetric")),
                            pose_mirror=bool(self.p("pose_mirror")),
-                           view_samples=int(self.p("view_samples")))
+                           view_samples=int(self.p("view_samples")), view_keep=int(self.p("view_keep")))
         self.model_dir = cfg.model_dir
         return GSTEngine(cfg)
 

@@ -42,9 +42,12 @@ PARAMETERS: tuple[Param, ...] = (
           "estimates (one batch of two)"),
     Param("pose_mirror", True, "head read-outs with a centre head: also read the pair mirrored left-right "
           "(both images flipped) and average the estimate mapped back (one batch)"),
-    Param("view_samples", 4, "sampled views averaged into a goal view (its per-pixel expected value; "
-          "their per-pixel spread goes to gst/goal_view/spread, the one the model places closest to the "
-          "goal camera to gst/goal_view/sample); 1 = one sample", range=(1, 64)),
+    Param("view_samples", 16, "views sampled for a goal view (their per-pixel spread goes to "
+          "gst/goal_view/spread, the one the model places closest to the goal camera to "
+          "gst/goal_view/sample); 1 = one sample", range=(1, 64)),
+    Param("view_keep", 4, "a goal view is the per-pixel mean of the view_keep samples the model places "
+          "closest to the goal camera (the expected view of the goal's side); 0 = of all of them",
+          range=(0, 64)),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
