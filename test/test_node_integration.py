@@ -200,7 +200,8 @@ def test_goal_pose_gets_predicted_view(running):
                      "the goal's predicted view")
     img = rec["goal_image"][-1]
     assert (img.width, img.height, img.header.frame_id, img.header.stamp.sec) == (32, 32, "gst_goal", 42)
-    # the expected view of view_samples (default 4) samples comes with their per-pixel spread
+    # the expected view (the mean of the view_keep, 4, most consistent of view_samples, 16, samples)
+    # comes with the per-pixel spread of all the samples
     spread = rec["goal_spread"][-1]
     assert (spread.width, spread.height, spread.encoding) == (32, 32, "mono8")
     assert spread.header.frame_id == "gst_goal"
