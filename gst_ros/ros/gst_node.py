@@ -120,6 +120,7 @@ class GSTNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         P.declare_all(self)
         self.engine = None
+        self.view_engine = None   # goal and candidate views: the same model, a copy of its own (view_worker)
         self._ref_lock = threading.Lock()
         self._reference: Reference | None = None
         self._ref_version = 0
@@ -128,7 +129,10 @@ class GSTNode(LifecycleNode):
         self._camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
         self._latest: dict[str, Frame] = {}
         self._trackers: dict[str, tuple[int, KeyframeTracker]] = {}   # camera -> (reference version, tracker)
-        self._worker: LatestItemWorker | None = None
+        self._trackers_lock = threading.Lock()   # the pose worker adds trackers while the view worker reads
+        self._worker: LatestItemWorker | None = None        # poses
+        self._view_worker: LatestItemWorker | None = None   # goal and candidate views (= _worker when
+        #                                                      the view_worker parameter is false)
         self._gst_subs, self._gst_timers, self._gst_pubs, self._gst_services = [], [], {}, []
         self._last_log: dict[str, float] = {}
         self._active = False
@@ -168,6 +172,7 @@ class GSTNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         try:
             self.engine = self._load_engine()
+            self.view_engine = self._load_engine() if self.p("view_worker") else self.engine
         except Exception as e:  # missing model, bad weights, bad device: say what and stay unconfigured
             self.get_logger().error(f"configure: could not load the GST model: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -185,6 +190,10 @@ class GSTNode(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self._worker = LatestItemWorker(self._handle, self._on_worker_error, name="gst_worker")
         self._worker.start()
+        self._view_worker = self._worker
+        if self.view_engine is not self.engine:
+            self._view_worker = LatestItemWorker(self._handle, self._on_worker_error, name="gst_view_worker")
+            self._view_worker.start()
         self._create_subscriptions()
         diag_period = float(self.p("diagnostics_period_s"))
         self._gst_timers.append(self.create_timer(diag_period, self._publish_diagnostics))
@@ -205,7 +214,7 @@ class GSTNode(LifecycleNode):
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self._stop_activity()
         self._destroy_publishers()
-        self.engine = None
+        self.engine = self.view_engine = None
         with self._ref_lock:
             self._reference = None
         self._latest.clear()
@@ -216,7 +225,7 @@ class GSTNode(LifecycleNode):
     def on_shutdown(self, state) -> TransitionCallbackReturn:
         self._stop_activity()
         self._destroy_publishers()
-        self.engine = None
+        self.engine = self.view_engine = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state) -> TransitionCallbackReturn:
@@ -232,10 +241,11 @@ class GSTNode(LifecycleNode):
         for s in self._gst_services:
             self.destroy_service(s)
         self._gst_subs, self._gst_timers, self._gst_services = [], [], []
-        if self._worker is not None:
-            if not self._worker.stop(timeout=30.0):
-                self.get_logger().warn("worker thread did not stop within 30 s (inference still running)")
-            self._worker = None
+        for worker in {id(w): w for w in (self._worker, self._view_worker) if w is not None}.values():
+            if not worker.stop(timeout=30.0):
+                self.get_logger().warn(f"worker thread {worker.name} did not stop within 30 s "
+                                       "(inference still running)")
+        self._worker = self._view_worker = None
 
     # ------------------------------------------------------------------------------------
     # configuration
@@ -439,8 +449,8 @@ class GSTNode(LifecycleNode):
         return version
 
     def _request_candidates(self) -> None:
-        if self.candidate_count > 0 and self._worker is not None and self._reference is not None:
-            if self._worker.put("candidates", time.monotonic()):
+        if self.candidate_count > 0 and self._view_worker is not None and self._reference is not None:
+            if self._view_worker.put("candidates", time.monotonic()):
                 self.stats["candidates"].on_dropped(stale=False)
 
     def _on_goal(self, msg: PoseStamped) -> None:
@@ -459,7 +469,8 @@ class GSTNode(LifecycleNode):
         if self._reference is None:
             self._reject("goal", "goal", ValueError("no reference view yet"), kind="no_reference")
             return
-        if self._worker is not None and self._worker.put("goal", (msg.header.stamp, w2c, time.monotonic())):
+        worker = self._view_worker
+        if worker is not None and worker.put("goal", (msg.header.stamp, w2c, time.monotonic())):
             stats.on_dropped(stale=False)
 
     # ------------------------------------------------------------------------------------
@@ -513,7 +524,8 @@ class GSTNode(LifecycleNode):
         if tracker is None or version != ref.version or tracker.engine is not self.engine:
             tracker = KeyframeTracker(self.engine)
             tracker.set_reference(ref.image, ref.K)
-            self._trackers[camera] = (ref.version, tracker)
+            with self._trackers_lock:
+                self._trackers[camera] = (ref.version, tracker)
         tracker.keyframe_deg = float(self.p("keyframe_deg"))
         return tracker
 
@@ -546,7 +558,7 @@ class GSTNode(LifecycleNode):
     def _run_candidates(self, ref: Reference) -> None:
         stats = self.stats["candidates"]
         t0 = time.monotonic()
-        views = self.engine.propose_views(ref.image, n=self.candidate_count, K_obs=ref.K)
+        views = self.view_engine.propose_views(ref.image, n=self.candidate_count, K_obs=ref.K)
         t_inf = time.monotonic() - t0
         scale = float(self.p("translation_scale"))
         stamp = self.get_clock().now().to_msg()
@@ -574,13 +586,16 @@ class GSTNode(LifecycleNode):
         from (worker thread): with `goal_from_keyframes`, the one nearest it in rotation among the
         reference and every camera's keyframes on this reference (tracking.nearest_view), else
         the reference."""
-        keyframes = [kf for version, tracker in self._trackers.values() if version == ref.version
-                     for kf in tracker.keyframes] if self.p("goal_from_keyframes") else []
+        if not self.p("goal_from_keyframes"):
+            return nearest_view((ref.image, ref.K), [], w2c_unit)
+        with self._trackers_lock:   # a snapshot: the pose worker adds trackers and keyframes meanwhile
+            trackers = [tracker for version, tracker in self._trackers.values() if version == ref.version]
+        keyframes = [kf for tracker in trackers for kf in list(tracker.keyframes)]
         return nearest_view((ref.image, ref.K), keyframes, w2c_unit)
 
     def _run_goal(self, ref: Reference, stamp, w2c_unit: np.ndarray, received: float) -> None:
         source = self.goal_observation(ref, w2c_unit)
-        view = self.engine.predict_view(source.image, source.w2c, K_obs=source.K)
+        view = self.view_engine.predict_view(source.image, source.w2c, K_obs=source.K)
         frame_id = f"{self.candidate_prefix}goal"
         if stamp.sec == 0 and stamp.nanosec == 0:
             stamp = self.get_clock().now().to_msg()
@@ -613,6 +628,8 @@ class GSTNode(LifecycleNode):
         ref = self.reference_state()
         if self._worker is not None:
             ref["worker_pending"] = self._worker.pending()
+        if self._view_worker is not None and self._view_worker is not self._worker:
+            ref["view_worker_pending"] = self._view_worker.pending()
         stamp = self.get_clock().now().to_msg()
         self._gst_pubs["diagnostics"].publish(diagnostic_array(self.get_name(), stamp, streams, ref))
 

@@ -48,6 +48,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("view_keep", 4, "a goal view is the per-pixel mean of the view_keep samples the model places "
           "closest to the goal camera (the expected view of the goal's side); 0 = of all of them",
           range=(0, 64)),
+    Param("view_worker", True, "draw goal and candidate views on a second worker thread with its own copy "
+          "of the model (~60 MB more), so poses keep flowing while a view is drawn; false: one worker "
+          "for everything (a goal view then holds up the poses for its whole time)"),
     Param("autostart", False, "configure and activate on start (the demo and stack runner set it)"),
     # inputs
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "

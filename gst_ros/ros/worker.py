@@ -61,6 +61,10 @@ class LatestItemWorker:
         return not thread.is_alive()
 
     @property
+    def name(self) -> str:
+        return self._name
+
+    @property
     def running(self) -> bool:
         t = self._thread
         return t is not None and t.is_alive()
