@@ -12,7 +12,9 @@ the same from call to call and every pose call reads a new target frame, so the 
 codes come from the engine's cache (GSTEngine.image_codes) and the frame's are computed; the row
 "both images new" pays for tokenising both. The pose is timed with the model's default read-out
 (for a model with pose and centre heads one forward pass, no sampling; then the sampled "mean"
-read-out is timed too).
+read-out is timed too). --beside-views adds the pose's latency while a second engine draws views
+on another thread without pause (gst_node's view worker, docs/node.md): the cost of sharing the
+cores, against the whole view's time a pose would wait on one worker.
 """
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ def main(argv=None) -> int:
                         "consistent (e.g. 4,16/4; training.evaluate's --view-samples; default: only the "
                         "engine's default and one sample)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--beside-views", action="store_true",
+                   help="also time the default pose while a second engine (the node's view worker) draws "
+                        "default views on another thread without pause")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
             fn()
             times.append(time.perf_counter() - t)
         rows.append((name, statistics.median(times), min(times)))
+    if args.beside_views:
+        rows.append(pose_beside_views(model_dir, args, obs, frames, K, w2c))
     width = max(len(r[0]) for r in rows)
     print(f"{'task':<{width}}  median s   min s")
     for name, med, mn in rows:
@@ -126,6 +133,39 @@ def main(argv=None) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def pose_beside_views(model_dir, args, obs, frames, K, w2c) -> tuple[str, float, float]:
+    """(name, median s, min s) of the default pose estimate on this thread while a second engine
+    on the same model draws default views on another thread, as gst_node's two workers do."""
+    import threading
+
+    def make():
+        return GSTEngine(EngineConfig(model_dir=str(model_dir), device=args.device,
+                                      tokenizer_backend=args.backend))
+
+    poses, views = make(), make()
+    stop, drawn = threading.Event(), []
+
+    def draw():
+        while not stop.is_set():
+            views.predict_view(obs, w2c, K_obs=K)
+            drawn.append(1)
+
+    poses.estimate_pose(obs, next(frames), K, K)   # warm-up
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    times = []
+    try:
+        while len(drawn) < 1 or len(times) < max(args.repeats, 10):   # at least one whole view beside
+            t = time.perf_counter()
+            poses.estimate_pose(obs, next(frames), K, K)
+            times.append(time.perf_counter() - t)
+    finally:
+        stop.set()
+        thread.join()
+    return (f"estimate_pose (default) beside a view worker ({len(drawn)} views drawn meanwhile)",
+            statistics.median(times), min(times))
 
 
 if __name__ == "__main__":
