@@ -67,6 +67,10 @@ def main(argv=None) -> int:
                    help="also time the default pose while a second engine (the node's view worker) draws "
                         "default views on another thread without pause")
     args = p.parse_args(argv)
+    try:
+        extra_views = parse_view_samples(args.view_samples) if args.view_samples else []
+    except ValueError as e:
+        p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -92,6 +96,7 @@ def main(argv=None) -> int:
     heads_only = engine.pose_estimate == "head" and engine.model.center_head is not None
     label = "heads, no sampling" if heads_only else f"{engine.pose_estimate}, samples={args.samples}"
     default_view = view_method(engine.config.view_samples, engine.config.view_keep).removeprefix("gst, ")
+    default_view = "one sample" if default_view == "gst" else default_view
     tasks = {
         f"estimate_pose ({label})": (
             lambda: engine.estimate_pose(obs, next(frames), K, K, samples=args.samples)),
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
         f"propose_views (n={args.proposals})": lambda: engine.propose_views(obs, n=args.proposals, K_obs=K),
         "unconditional_view": lambda: engine.unconditional_view(obs, K_obs=K),
     }
-    for k, keep in parse_view_samples(args.view_samples) if args.view_samples else []:
+    for k, keep in extra_views:
         tasks[f"predict_view ({view_method(k, keep).removeprefix('gst, ')})"] = (
             lambda k=k, keep=keep: engine.predict_view(obs, w2c, K_obs=K, samples=k, keep=keep))
     if heads_only:  # the camera-token read-out of the same model, for comparison
@@ -145,25 +150,30 @@ def pose_beside_views(model_dir, args, obs, frames, K, w2c) -> tuple[str, float,
                                       tokenizer_backend=args.backend))
 
     poses, views = make(), make()
-    stop, drawn = threading.Event(), []
+    stop, drawn, failed = threading.Event(), [], []
 
     def draw():
-        while not stop.is_set():
-            views.predict_view(obs, w2c, K_obs=K)
-            drawn.append(1)
+        try:
+            while not stop.is_set():
+                views.predict_view(obs, w2c, K_obs=K)
+                drawn.append(1)
+        except Exception as e:  # reported on the main thread
+            failed.append(e)
 
     poses.estimate_pose(obs, next(frames), K, K)   # warm-up
     thread = threading.Thread(target=draw, daemon=True)
     thread.start()
     times = []
     try:
-        while len(drawn) < 1 or len(times) < max(args.repeats, 10):   # at least one whole view beside
-            t = time.perf_counter()
+        while thread.is_alive() and (len(drawn) < 1 or len(times) < max(args.repeats, 10)):
+            t = time.perf_counter()   # at least one whole view drawn beside
             poses.estimate_pose(obs, next(frames), K, K)
             times.append(time.perf_counter() - t)
     finally:
         stop.set()
         thread.join()
+    if failed:
+        raise RuntimeError(f"the view thread failed: {failed[0]!r}") from failed[0]
     return (f"estimate_pose (default) beside a view worker ({len(drawn)} views drawn meanwhile)",
             statistics.median(times), min(times))
 

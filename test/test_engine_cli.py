@@ -100,7 +100,9 @@ def test_gst_view_pose_and_orbit(files, capsys):
     rec = json.loads(capsys.readouterr().out)
     assert rec["samples"] == 1 and "spread_file" not in rec and "sample_file" not in rec
     assert main(argv + ["--orbit", "20,10", "--samples", "6", "--keep", "0"]) == 0
-    assert "mean of the 6 of 6 samples" in capsys.readouterr().out
+    assert "mean of all 6 samples" in capsys.readouterr().out
+    assert main(argv + ["--orbit", "20,10", "--samples", "6", "--keep", "2"]) == 0
+    assert "mean of the 2 of 6 samples closest to the camera" in capsys.readouterr().out
     assert main(argv + ["--orbit", "20,10", "--keep", "-1"]) == 2
     assert "keep must be an integer >= 0" in capsys.readouterr().err
     assert main(argv + ["--orbit=-30,5"]) == 0  # a leading minus needs the `=` form

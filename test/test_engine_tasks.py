@@ -329,13 +329,19 @@ def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_p
     monkeypatch.setattr(generation, "pose_readout", fake_readout)
     view = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3)
     np.testing.assert_allclose(view.consistency, [-t for t in turns], atol=1e-6)
+    best_two = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3, keep=2)
     monkeypatch.undo()
     # the kept sample is the second draw (same generator state, drawn again here)
     obs_sq, K_sq = eng.prepare(image(seed=2), K_WIDE)
     codes = generation.novel_view(eng.model, eng.image_tokens(obs_sq).expand(3, -1),
                                   eng.camera_tokens(K_sq, TARGET_W2C).expand(3, -1), eng.sampling,
                                   torch.Generator().manual_seed(3))
-    np.testing.assert_array_equal(view.consistent_sample, eng._images(codes)[1])
+    draws = eng._images(codes)
+    np.testing.assert_array_equal(view.consistent_sample, draws[1])
+    # keep=2 averages the draws read 5 and 40 deg from the requested rotation, not the 90 deg one
+    mean = np.clip(np.rint(draws[[0, 1]].astype(np.float64).mean(0)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(best_two.image, mean)
+    assert best_two.kept == 2 and not np.array_equal(best_two.image, view.image)
     # unmocked, the scores are angles in [0, 180] degrees, negated
     real = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3).consistency
     assert real.shape == (3,) and ((real <= 0) & (real >= -180)).all()

@@ -278,6 +278,7 @@ def test_view_samples_entries_name_their_rows():
     from training.evaluate import parse_view_samples, view_method
 
     assert parse_view_samples("1, 8,16/4,,4/0") == [(1, 0), (8, 0), (16, 4), (4, 0)]
+    assert parse_view_samples("8,8/8,8/12,1/4,1,16/4,16/4") == [(8, 0), (1, 0), (16, 4)]   # one row each
     for bad in ("", "a", "4/x", "0", "4/-1", "4/2/1"):
         with pytest.raises(ValueError, match="view-samples"):
             parse_view_samples(bad)

@@ -64,6 +64,7 @@ def test_soak_2000_frames_bounded_memory_and_no_queue(tmp_path):
         assert d["processed"] > 50, "the worker must keep estimating"
         assert d["dropped"] > 0, "the worker cannot keep up with 30 Hz: frames must be dropped, not queued"
         assert ref["worker_pending"] <= 1
+        assert ref["view_worker_pending"] == 0   # the view worker has its own slots (no goal was sent)
         growth_mib = (rss_end - rss_warm) / 1024
         print(f"soak: processed {d['processed']:.0f}, dropped {d['dropped']:.0f}, "
               f"RSS {rss_warm / 1024:.0f} -> {rss_end / 1024:.0f} MiB, input {d['input_rate_hz']:.1f} Hz, "

@@ -187,3 +187,28 @@ def test_stream_stats_count_chained_estimates_and_keyframes():
     s.on_tracked(True, 3)
     snap = s.snapshot()
     assert (snap["chained"], snap["keyframes"]) == (2, 3)
+
+
+def test_workers_asked_to_stop_together_discard_waiting_items():
+    """The node asks every worker to stop before it waits for any (one shared deadline): a
+    worker asked to stop finishes the item in hand, drops what waits, and joins."""
+    gate, seen = threading.Event(), []
+
+    def handler(key, item):
+        gate.wait(5)
+        seen.append((key, item))
+
+    workers = [LatestItemWorker(handler, name=f"w{i}") for i in range(2)]
+    for w in workers:
+        w.start()
+        w.put("x", w.name)
+        w.put("y", "waiting")
+    while not all(w.busy() for w in workers):
+        pass
+    for w in workers:
+        w.request_stop()
+        assert w.pending() == 0 and w.running      # waiting items dropped; the item in hand goes on
+    gate.set()
+    assert all(w.stop(timeout=5) for w in workers)
+    assert sorted(seen) == [("x", "w0"), ("x", "w1")] and not any(w.running for w in workers)
+    assert [w.name for w in workers] == ["w0", "w1"]

@@ -301,8 +301,9 @@ def view_method(view_samples: int, keep: int = 0) -> str:
 
 def parse_view_samples(text: str) -> list[tuple[int, int]]:
     """--view-samples "1,8,16/4" -> [(1, 0), (8, 0), (16, 4)]: (samples, keep) per entry; "K" is
-    the mean of all K samples (keep 0), "K/M" the mean of the M most consistent of K.
-    ValueError naming the entry otherwise."""
+    the mean of all K samples (keep 0), "K/M" the mean of the M most consistent of K. Entries that
+    make the same view (M >= K, or K = 1) are written as keep 0 and listed once. ValueError naming
+    the entry otherwise."""
     out = []
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
@@ -314,7 +315,10 @@ def parse_view_samples(text: str) -> list[tuple[int, int]]:
             raise ValueError(f"--view-samples: {entry!r} is not K or K/M (integers)") from None
         if pair[0] < 1 or pair[1] < 0:
             raise ValueError(f"--view-samples: {entry!r} needs K >= 1 and M >= 0")
-        out.append(pair)
+        if pair[1] >= pair[0] or pair[0] == 1:
+            pair = (pair[0], 0)
+        if pair not in out:
+            out.append(pair)
     if not out:
         raise ValueError(f"--view-samples: no entry in {text!r}")
     return out

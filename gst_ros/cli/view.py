@@ -118,8 +118,9 @@ def run(args) -> int:
         print(json.dumps(rec, indent=2))
     else:
         p, q = rec["position"], rec["quaternion_xyzw"]
-        what = (f"mean of the {view.kept} of {view.samples} samples closest to the camera" if view.samples > 1
-                else "one sample")
+        what = ("one sample" if view.samples == 1 else f"mean of all {view.samples} samples"
+                if view.kept == view.samples else
+                f"mean of the {view.kept} of {view.samples} samples closest to the camera")
         print(f"wrote {path} ({view.image.shape[1]}x{view.image.shape[0]}, {what})"
               + (f", {rec['spread_file']} and {rec['sample_file']} (most consistent sample)"
                  if "spread_file" in rec else ""))

@@ -217,7 +217,7 @@ class EngineConfig:
         if self.pose_estimate not in POSE_ESTIMATES:
             raise ValueError(f"pose_estimate must be one of {POSE_ESTIMATES}, got {self.pose_estimate!r}")
         _check_count(self.view_samples, "view_samples")
-        _check_keep(self.view_keep, "view_keep")
+        _check_count(self.view_keep, "view_keep", minimum=0)
 
 
 def aggregate_pose_samples(samples_w2c) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -678,7 +678,7 @@ class GSTEngine:
         samples = self.config.view_samples if samples is None else samples
         keep = self.config.view_keep if keep is None else keep
         _check_count(samples, "samples")
-        _check_keep(keep, "keep")
+        _check_count(keep, "keep", minimum=0)
         w2c = as_array(w2c_target, "w2c_target", (4, 4))
         check_pose(w2c, "w2c_target")
         obs_sq, K_sq = self.prepare(observation, K_obs, "observation")
@@ -696,11 +696,11 @@ class GSTEngine:
         with self._autocast():
             consistency = self.view_consistency(obs_tok, codes, cam_tok, w2c)
         kept = samples if keep == 0 else min(keep, samples)
-        best = np.sort(np.argsort(-consistency, kind="stable")[:kept])
-        image, _ = expected_view(views[best])
+        order = np.argsort(-consistency, kind="stable")   # best first (a NaN score ranks last)
+        image, _ = expected_view(views[np.sort(order[:kept])])
         _, spread = expected_view(views)
         return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples, kept=kept,
-                             consistent_sample=views[int(np.argmax(consistency))], consistency=consistency)
+                             consistent_sample=views[int(order[0])], consistency=consistency)
 
     def view_consistency(self, observation_codes: torch.Tensor, view_codes: torch.Tensor,
                          camera_codes: torch.Tensor, w2c_target: np.ndarray) -> np.ndarray:
@@ -780,11 +780,7 @@ def _check_image(image, name: str) -> tuple[int, int]:
     return h, w
 
 
-def _check_count(n, name: str) -> None:
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
-
-
-def _check_keep(n, name: str) -> None:
-    if isinstance(n, bool) or int(n) != n or n < 0:
-        raise ValueError(f"{name} must be an integer >= 0 (0 = all the samples), got {n!r}")
+def _check_count(n, name: str, minimum: int = 1) -> None:
+    if isinstance(n, bool) or int(n) != n or n < minimum:
+        what = " (0 = all the samples)" if minimum == 0 else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{what}, got {n!r}")

@@ -8,7 +8,8 @@ One StreamStats per input stream (each camera, the reference topic, the goal top
   older than max_frame_age_s when the worker reached them (stale);
 - processed: frames that produced an estimate; latency (receipt -> published) and the node's own
   overhead (latency minus inference) over the last WINDOW frames.
-Updated from the executor and the worker thread: every method takes the stats' lock.
+Updated from the executor and the worker threads (poses; goal and candidate views): every method
+takes the stats' lock.
 """
 from __future__ import annotations
 

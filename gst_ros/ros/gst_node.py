@@ -1,7 +1,9 @@
 """gst_node: the ROS 2 lifecycle node around GSTEngine ("where am I?" and "what will I see?").
 
-Lifecycle: configure loads the model and creates the publishers; activate subscribes, starts
-the worker thread and the timers; deactivate stops them; cleanup releases the model. With the
+Lifecycle: configure loads the model (twice with `view_worker`: one copy for the poses, one for
+the views) and creates the publishers; activate subscribes, starts the worker threads (the pose
+worker and, with `view_worker`, the view worker for goal and candidate views) and the timers;
+deactivate stops them; cleanup releases the models. With the
 parameter `autostart` the node configures and activates itself on start.
 
 Frames (REP 103/105). `reference_frame` is the optical frame (x right, y down, z forward) of the
@@ -171,11 +173,12 @@ class GSTNode(LifecycleNode):
             self.get_logger().error(f"configure: bad parameters: {e}")
             return TransitionCallbackReturn.FAILURE
         try:
-            self.engine = self._load_engine()
-            self.view_engine = self._load_engine() if self.p("view_worker") else self.engine
+            engine = self._load_engine()
+            view_engine = self._load_engine() if self.p("view_worker") else engine
         except Exception as e:  # missing model, bad weights, bad device: say what and stay unconfigured
             self.get_logger().error(f"configure: could not load the GST model: {e}")
             return TransitionCallbackReturn.FAILURE
+        self.engine, self.view_engine = engine, view_engine
         self._create_publishers()
         self.stats = {c: StreamStats(f"camera {c}") for c in self.cameras}
         self.stats["reference"] = StreamStats("reference topic")
@@ -219,7 +222,8 @@ class GSTNode(LifecycleNode):
             self._reference = None
         self._latest.clear()
         self._camera_K.clear()
-        self._trackers.clear()
+        with self._trackers_lock:
+            self._trackers.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
@@ -241,8 +245,12 @@ class GSTNode(LifecycleNode):
         for s in self._gst_services:
             self.destroy_service(s)
         self._gst_subs, self._gst_timers, self._gst_services = [], [], []
-        for worker in {id(w): w for w in (self._worker, self._view_worker) if w is not None}.values():
-            if not worker.stop(timeout=30.0):
+        workers = list({id(w): w for w in (self._worker, self._view_worker) if w is not None}.values())
+        for worker in workers:   # ask every worker first, then wait for them against one deadline
+            worker.request_stop()
+        deadline = time.monotonic() + 30.0
+        for worker in workers:
+            if not worker.stop(timeout=max(0.0, deadline - time.monotonic())):
                 self.get_logger().warn(f"worker thread {worker.name} did not stop within 30 s "
                                        "(inference still running)")
         self._worker = self._view_worker = None
@@ -474,7 +482,7 @@ class GSTNode(LifecycleNode):
             stats.on_dropped(stale=False)
 
     # ------------------------------------------------------------------------------------
-    # worker thread: inference and publishing
+    # worker threads (the pose worker; goal and candidates on the view worker): inference and publishing
     def _handle(self, key, item) -> None:
         if not self._active:
             return
@@ -583,7 +591,7 @@ class GSTNode(LifecycleNode):
 
     def goal_observation(self, ref: Reference, w2c_unit: np.ndarray) -> NearestView:
         """The seen view a goal camera `w2c_unit` (reference frame, model unit scale) is predicted
-        from (worker thread): with `goal_from_keyframes`, the one nearest it in rotation among the
+        from (view worker thread): with `goal_from_keyframes`, the one nearest it in rotation among the
         reference and every camera's keyframes on this reference (tracking.nearest_view), else
         the reference."""
         if not self.p("goal_from_keyframes"):

@@ -47,13 +47,19 @@ class LatestItemWorker:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop after the item being handled (waiting items are discarded, not counted).
-        Returns False if the thread did not end within `timeout` seconds."""
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the item being handled (waiting items are discarded, not
+        counted) without waiting for it: several workers can be asked first, then joined."""
         with self._cond:
             self._stop = True
             self._slots.clear()
             self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """request_stop, then wait for the thread. Returns False if it did not end within
+        `timeout` seconds."""
+        self.request_stop()
+        with self._cond:
             thread, self._thread = self._thread, None
         if thread is None or thread is threading.current_thread():
             return True
