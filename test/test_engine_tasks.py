@@ -298,6 +298,7 @@ def test_expected_view_averages_the_most_consistent_samples(engine):
         np.testing.assert_array_equal(v.image, mean)
         np.testing.assert_allclose(v.spread, draws.std(0).mean(-1), atol=1e-3)
         assert (v.samples, v.kept) == (5, len(want))
+        np.testing.assert_array_equal(v.sample_views, draws.astype(np.uint8))   # all, in draw order
     np.testing.assert_array_equal(views[1].image, views[1].consistent_sample)
     assert not np.array_equal(views[2].image, views[0].image)
     for bad in (-1, 1.5, True):

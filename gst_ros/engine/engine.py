@@ -174,6 +174,8 @@ class PredictedView:
                                        # requested side; None for a single sample
     consistency: np.ndarray | None = None  # (k,) float64 per sampled view, higher = closer to the
                                        # requested camera (view_consistency); None for one sample
+    sample_views: np.ndarray | None = None  # (k,S,S,3) uint8 RGB: every sampled view in draw order
+                                       # (consistency[i] scores sample_views[i]); None for one sample
 
     def spread_image(self) -> np.ndarray | None:
         """`spread` as an (S,S) uint8 grey image (value = standard deviation in 0-255 intensity
@@ -700,7 +702,8 @@ class GSTEngine:
         image, _ = expected_view(views[np.sort(order[:kept])])
         _, spread = expected_view(views)
         return PredictedView(image=image, K=K_sq, w2c=w2c, spread=spread, samples=samples, kept=kept,
-                             consistent_sample=views[int(order[0])], consistency=consistency)
+                             consistent_sample=views[int(order[0])], consistency=consistency,
+                             sample_views=views)
 
     def view_consistency(self, observation_codes: torch.Tensor, view_codes: torch.Tensor,
                          camera_codes: torch.Tensor, w2c_target: np.ndarray) -> np.ndarray:
