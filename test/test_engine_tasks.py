@@ -316,21 +316,24 @@ def test_view_consistency_with_a_pose_head_is_the_read_rotations_agreement(tmp_p
     from gst_ros.models.transformer import HeadReadout
 
     model_dir = make_tiny_model(tmp_path, seed=4, name="cons", pose_head=True)
-    eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu"))
-    assert eng.config.pose_symmetric  # the pose read both ways; a sample's, one way only
+    eng = GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu", pose_symmetric=False))
     # the head "reads" each of the 3 views as the requested rotation turned by 40, 5 and 90 deg
     turns = [40.0, 5.0, 90.0]
     R_req = TARGET_W2C[:3, :3]
     read = [cv2.Rodrigues(np.array([0.0, math.radians(t), 0.0]))[0] @ R_req for t in turns]
 
     def fake_readout(model, o, i, symmetric=False):
-        assert not symmetric and o.shape == i.shape == (3, model.config.layout.n)
+        assert symmetric is eng.config.pose_symmetric and o.shape == i.shape == (3, model.config.layout.n)
         return HeadReadout(torch.tensor(np.stack(read)))
 
     monkeypatch.setattr(generation, "pose_readout", fake_readout)
     view = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3)
     np.testing.assert_allclose(view.consistency, [-t for t in turns], atol=1e-6)
     best_two = eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3, samples=3, keep=2)
+    eng.config.pose_symmetric = True   # the default: the samples are read both ways too
+    np.testing.assert_allclose(eng.predict_view(image(seed=2), TARGET_W2C, K_obs=K_WIDE, seed=3,
+                                                samples=3).consistency, [-t for t in turns], atol=1e-6)
+    eng.config.pose_symmetric = False
     monkeypatch.undo()
     # the kept sample is the second draw (same generator state, drawn again here)
     obs_sq, K_sq = eng.prepare(image(seed=2), K_WIDE)

@@ -712,9 +712,10 @@ class GSTEngine:
         the observation (image codes (1, n)): how well the model's own pose reading of each view
         agrees with the requested camera; higher = closer. With a pose head: minus the geodesic
         angle (degrees) between the requested rotation and the head's rotation read from
-        (observation, view) (generation.pose_readout, one way whatever EngineConfig.pose_symmetric
-        says: reading the swapped pairs too ranked the samples no better at twice the cost,
-        docs/engine.md); without one: log p(c | view, o) in nats (generation.pose_log_likelihood).
+        (observation, view) (generation.pose_readout, both ways when EngineConfig.pose_symmetric:
+        twice the read-out's cost, and the mean of the best-ranked samples is the requested side
+        more often than when they are read one way, docs/training.md); without one:
+        log p(c | view, o) in nats (generation.pose_log_likelihood).
         Keeping the best of 8 samples this way lifts one view's PSNR by ~0.4-0.5 dB over a random
         sample (model card)."""
         k = view_codes.shape[0]
@@ -722,7 +723,7 @@ class GSTEngine:
         if self.model.pose_head is None:
             loglik = generation.pose_log_likelihood(self.model, obs, view_codes, camera_codes.expand(k, -1))
             return loglik.double().cpu().numpy()
-        readout = generation.pose_readout(self.model, obs, view_codes)
+        readout = generation.pose_readout(self.model, obs, view_codes, self.config.pose_symmetric)
         R_read = rotation_from_covariance(readout.rotation.double())
         R_req = torch.as_tensor(np.asarray(w2c_target, dtype=np.float64)[:3, :3]).expand_as(R_read)
         return -rotation_error_deg(R_read, R_req)
