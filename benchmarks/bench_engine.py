@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
         rows.append((name, statistics.median(times), min(times)))
     if args.beside_views:
-        rows.append(pose_beside_views(model_dir, args, obs, frames, K, w2c))
+        rows.append(pose_beside_views(engine, model_dir, args, obs, frames, K, w2c))
     width = max(len(r[0]) for r in rows)
     print(f"{'task':<{width}}  median s   min s")
     for name, med, mn in rows:
@@ -140,16 +140,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def pose_beside_views(model_dir, args, obs, frames, K, w2c) -> tuple[str, float, float]:
-    """(name, median s, min s) of the default pose estimate on this thread while a second engine
-    on the same model draws default views on another thread, as gst_node's two workers do."""
+def pose_beside_views(poses, model_dir, args, obs, frames, K, w2c) -> tuple[str, float, float]:
+    """(name, median s, min s) of the default pose estimate by engine `poses` on this thread while
+    a second engine on the same model draws default views on another thread, as gst_node's two
+    workers do."""
     import threading
 
-    def make():
-        return GSTEngine(EngineConfig(model_dir=str(model_dir), device=args.device,
-                                      tokenizer_backend=args.backend))
-
-    poses, views = make(), make()
+    views = GSTEngine(EngineConfig(model_dir=str(model_dir), device=args.device,
+                                   tokenizer_backend=args.backend))
     stop, drawn, failed = threading.Event(), [], []
 
     def draw():

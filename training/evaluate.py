@@ -336,8 +336,8 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
     """Run the methods on every scene. Returns {"pairs": per-pair rows, "scenes": per-scene rows
     (camera-centre accuracy), "nvs": per-view rows, "grids": [(obs, truth, pred per view_samples
     entry)] images}. methods: names from POSE_METHODS; None = default_methods(engine);
-    view_samples: (samples, keep) of each predicted view scored (predict_view's arguments; a bare
-    int k is (k, 0), the mean of all k; view_method names the rows)."""
+    view_samples: (samples, keep) of each predicted view scored (predict_view's arguments, keep 0
+    = the mean of all; parse_view_samples reads them; view_method names the rows)."""
     methods = default_methods(engine) if methods is None else methods
     pair_rows, scene_rows, nvs_rows, grids, side_grids = [], [], [], [], []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress, dynamic_ncols=True):
@@ -377,8 +377,7 @@ def evaluate_scenes(scenes: list[EvalScene], engine=None, methods=None, samples:
             for j in range(1, n):
                 truth = gallery[j]
                 preds, named = [], set()
-                for entry in view_samples:
-                    k, keep = (entry, 0) if isinstance(entry, int) else entry
+                for k, keep in view_samples:
                     view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
                                                seed=seed + j, samples=k, keep=keep)
                     preds.append((view_method(k, keep), view.image))

@@ -77,26 +77,18 @@ def search(engine, scenes, n: int, ks, keeps, subsets: int = 4, seed: int = 0, p
     (training.evaluate.EvalScene, view 0 the observation)."""
     rng = np.random.default_rng(seed)
     sample_rows, kept = [], {(k, m): [] for k in ks for m in keeps if m <= k}
-    scores_all, hits, errs, psnrs = [], [], [], []
     for scene in tqdm(scenes, desc="view search", disable=not progress, dynamic_ncols=True):
         gt = normalized_cameras(np.asarray(scene.w2c, dtype=np.float64))
         gallery, gallery_w2c = retrieval_gallery(scene, engine.image_size)
         for j in range(1, len(gt)):
             view = engine.predict_view(scene.images[0], gt[j], K_obs=scene.K[0], K_target=scene.K[j],
                                        seed=seed + j, samples=n, keep=1)
-            row_hits, row_errs = [], []
             for i, sample in enumerate(view.sample_views):
                 side = side_retrieval(sample, gallery, gallery_w2c, j)
-                row_hits.append(float(side.hit))
-                row_errs.append(side.error_deg)
                 sample_rows.append({"group": scene.group, "scene": scene.scene_id, "j": j, "sample": i,
                                     "score": float(view.consistency[i]), "side@1": float(side.hit),
                                     "side_err_deg": side.error_deg,
                                     "psnr": float(psnr(sample, gallery[j])[0])})
-            scores_all.append(view.consistency)
-            hits.append(row_hits)
-            errs.append(row_errs)
-            psnrs.append([r["psnr"] for r in sample_rows[-n:]])
             for (k, m), out in kept.items():
                 draws = [np.arange(n)] if k == n else [rng.permutation(n)[:k] for _ in range(subsets)]
                 got = []
@@ -105,7 +97,9 @@ def search(engine, scenes, n: int, ks, keeps, subsets: int = 4, seed: int = 0, p
                     side = side_retrieval(image, gallery, gallery_w2c, j)
                     got.append((float(side.hit), side.error_deg, float(psnr(image, gallery[j])[0])))
                 out.append(np.mean(got, axis=0))
-    scores_all, hits, errs, psnrs = (np.asarray(a, dtype=np.float64) for a in (scores_all, hits, errs, psnrs))
+    # (requested views, n) arrays: the rows hold each view's n samples in order
+    scores_all, hits, errs, psnrs = (np.array([r[key] for r in sample_rows], dtype=np.float64).reshape(-1, n)
+                                     for key in ("score", "side@1", "side_err_deg", "psnr"))
     best_rows = []
     picks = (("most consistent (the engine's pick)", scores_all), ("nearest the truth (oracle)", psnrs))
     for k in ks:
