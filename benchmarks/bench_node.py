@@ -1,12 +1,15 @@
 """gst_node end-to-end latency and the node's own overhead at 640x480.
 
     .venv/bin/python benchmarks/bench_node.py [--model DIR] [--frames 40] [--rate 2] [--size 640 480]
+        [--transport raw|compressed]
 
 Starts gst_node (autostart, one camera) in its own process, publishes --frames images with
 camera_info at --rate Hz and prints, per estimate, the end-to-end latency (pose arrival - image
 stamp, same machine clock). At the end it prints the node's own per-frame overhead from its
 diagnostics: conversion + validation of the Image and publishing of TF / pose / frustum, i.e.
-everything but inference (target < 5 ms). ROS stays on this machine (localhost, private domain).
+everything but inference (target < 5 ms). `--transport compressed` sends the same frame as a
+JPEG (quality 90) on cam0/image_raw/compressed to a node with `image_transport: compressed`, so
+the overhead includes decoding it. ROS stays on this machine (localhost, private domain).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     ap.add_argument("--samples", type=int, default=4, help="pose samples per estimate")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--transport", choices=("raw", "compressed"), default="raw",
+                    help="the node's image_transport: raw Image or JPEG CompressedImage")
     args = ap.parse_args()
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -46,7 +51,7 @@ def main() -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from node_harness import Probe, diagnostics_values, rgb_image, start_node, stop_process, write_params
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     from gst_ros.geometry import intrinsics_from_fov
     from gst_ros.ros.conversions import K_to_camera_info, numpy_to_image, stamp_to_nanoseconds
@@ -58,7 +63,7 @@ def main() -> int:
     params = write_params(tmp / "p.yaml", {"model_dir": str(model), "device": args.device, "autostart": True,
                                            "cameras": ["cam0"], "pose_samples": args.samples,
                                            "candidate_count": 0, "diagnostics_period_s": 0.5,
-                                           "image_qos": "reliable"})
+                                           "image_qos": "reliable", "image_transport": args.transport})
     proc = start_node(params, log_path=tmp / "node.log")
     probe = Probe("gst_bench_probe")
     latencies = []
@@ -68,10 +73,17 @@ def main() -> int:
         probe.node.create_subscription(PoseWithCovarianceStamped, "gst/cam0/pose",
                                        lambda m: arrivals.setdefault(stamp_to_nanoseconds(m.header.stamp),
                                                                      time.time()), 10)
-        img_pub = probe.publisher(Image, "cam0/image_raw", 5)
         info_pub = probe.publisher(CameraInfo, "cam0/camera_info", 5)
+        if args.transport == "compressed":
+            import cv2
+            img_pub = probe.publisher(CompressedImage, "cam0/image_raw/compressed", 5)
+            ok, jpeg = cv2.imencode(".jpg", rgb_image(h, w)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes())
+            msg.header.frame_id = "cam0_optical"
+        else:
+            img_pub = probe.publisher(Image, "cam0/image_raw", 5)
+            msg = numpy_to_image(rgb_image(h, w), frame_id="cam0_optical")
         probe.wait_matched(img_pub, timeout=120, proc=proc)
-        msg = numpy_to_image(rgb_image(h, w), frame_id="cam0_optical")
         info = K_to_camera_info(intrinsics_from_fov(60.0, w, h), w, h, frame_id="cam0_optical")
 
         def publish():
@@ -106,7 +118,8 @@ def main() -> int:
         probe.close()
         stop_process(proc)
     lat = np.array([x for _, x in latencies]) * 1e3
-    print(f"\nmodel {model} on {args.device}, {w}x{h} input at {args.rate} Hz, {args.samples} pose samples")
+    print(f"\nmodel {model} on {args.device}, {w}x{h} input at {args.rate} Hz, {args.samples} pose samples, "
+          f"{args.transport} frames of {len(msg.data) / 1024:.0f} KiB")
     if lat.size:
         print(f"end-to-end latency: mean {lat.mean():.1f} ms, "
               f"p50 {np.percentile(lat, 50):.1f} ms, p90 {np.percentile(lat, 90):.1f} ms "

@@ -1,7 +1,9 @@
 """gst_node with config/gst.yaml; camera topics remapped from launch arguments.
 
     ros2 launch gst_ros gst.launch.py image:=/my_cam/image_raw camera_info:=/my_cam/camera_info \
-        model_dir:=/path/to/model
+        model_dir:=/path/to/model [image_transport:=compressed]
+
+image_transport:=compressed reads the driver's JPEG / PNG stream, <image>/compressed.
 
 The node autostarts (configure + activate) unless autostart:=false (then drive it through its
 lifecycle services, e.g. with a lifecycle manager).
@@ -22,6 +24,9 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
         DeclareLaunchArgument("camera_info", default_value="/camera/camera_info",
                               description="input camera_info topic"),
+        DeclareLaunchArgument("image_transport", default_value="raw",
+                              description="raw (sensor_msgs/Image) or compressed "
+                                          "(<image>/compressed, JPEG or PNG)"),
         DeclareLaunchArgument("model_dir", default_value="",
                               description="GST model directory (empty: the shipped model)"),
         DeclareLaunchArgument("autostart", default_value="true", description="configure + activate on start"),
@@ -31,8 +36,10 @@ def generate_launch_description():
             name="gst_node",
             output="screen",
             parameters=[config, {"model_dir": LaunchConfiguration("model_dir"),
-                                 "autostart": LaunchConfiguration("autostart")}],
+                                 "autostart": LaunchConfiguration("autostart"),
+                                 "image_transport": LaunchConfiguration("image_transport")}],
             remappings=[("camera/image_raw", LaunchConfiguration("image")),
+                        ("camera/image_raw/compressed", [LaunchConfiguration("image"), "/compressed"]),
                         ("camera/camera_info", LaunchConfiguration("camera_info"))],
         ),
     ])

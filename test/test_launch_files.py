@@ -87,7 +87,9 @@ def test_gst_launch_loads_the_config_and_remaps_the_camera():
     remapped = {ast.literal_eval(t.elts[0]) for t in node["remappings"].elts}
     cfg = yaml.safe_load((ROOT / "config" / "gst.yaml").read_text())["gst_node"]["ros__parameters"]
     cam = cfg["cameras"][0]
-    assert remapped == {f"{cam}/{cfg['image_topic']}", f"{cam}/{cfg['camera_info_topic']}"}
+    assert remapped == {f"{cam}/{cfg['image_topic']}", f"{cam}/{cfg['image_topic']}/compressed",
+                        f"{cam}/{cfg['camera_info_topic']}"}
+    assert "image_transport" in parameter_names(node["parameters"])
 
 
 def test_sim_launch_wires_the_camera_to_the_node():

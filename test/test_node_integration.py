@@ -238,7 +238,7 @@ def test_goal_pose_gets_predicted_view(running):
 def _bad_images():
     good = numpy_to_image(rgb_image(H, W), frame_id="cam0_optical")
     out = {}
-    m = Image(header=good.header, height=H, width=W, encoding="yuv422", step=W * 2, data=bytes(W * H * 2))
+    m = Image(header=good.header, height=H, width=W, encoding="rgb16", step=W * 6, data=bytes(W * H * 6))
     out["encoding"] = m
     out["size"] = Image(header=good.header, height=H, width=W, encoding="rgb8", step=W * 3,
                         data=bytes(W * H * 3 - 7))
@@ -284,7 +284,7 @@ def test_bad_messages_are_counted_and_never_stop_the_node(running):
     _send_frames(probe, proc, pubs, 900, lambda: len(_transforms(rec["tf"], "cam0_estimated")) > n,
                  "a pose after the bad messages")
     text = log.read_text()
-    assert "unsupported encoding 'yuv422'" in text and "exceeds the limit" in text
+    assert "unsupported encoding 'rgb16'" in text and "exceeds the limit" in text
 
 
 def test_reference_service_and_topic(running):

@@ -129,6 +129,14 @@ def test_classify_problem_names_each_bad_image_kind():
     assert classify_problem("image: step 8 is smaller than width*bytes_per_pixel = 9 (encoding)") == "size"
     assert classify_problem("image: empty data for a 3x2 'rgb8' image") == "empty"
     assert classify_problem("image: 500x500 = 250000 pixels exceeds the limit of 1000 pixels") == "oversized"
+    assert classify_problem("compressed image: could not decode 60 bytes of format 'jpeg' "
+                            "(corrupt or truncated data)") == "undecodable"
+    assert classify_problem("compressed image: unsupported format 'tiff'; expected JPEG or PNG") == "encoding"
+    assert classify_problem("compressed image: format '16UC1; compressedDepth png' is a depth stream "
+                            "(compressedDepth), not a colour image") == "encoding"
+    assert classify_problem("compressed image: empty data (format 'jpeg')") == "empty"
+    assert classify_problem("image: a 'yuv422' image needs an even width (two pixels share U and V), "
+                            "got 3") == "size"
 
 
 def test_demo_pose_errors_follow_the_reference_frame_convention():

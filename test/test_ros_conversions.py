@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("rclpy")
 
+import cv2  # noqa: E402
 import torch  # noqa: E402
 from geometry_msgs.msg import Pose, TransformStamped  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 from gst_ros.geometry import look_at, make_pose, project_points, so3_exp  # noqa: E402
 from gst_ros.ros.conversions import (  # noqa: E402
@@ -18,6 +19,7 @@ from gst_ros.ros.conversions import (  # noqa: E402
     K_to_camera_info,
     camera_info_image_size,
     camera_info_to_K,
+    compressed_image_to_numpy,
     depth_to_numpy,
     image_to_numpy,
     numpy_to_depth,
@@ -72,6 +74,92 @@ def test_alpha_and_mono_encodings(hw, pad, seed):
     assert np.array_equal(out, np.repeat(mono[:, :, None], 3, axis=2))
 
 
+# YUV 4:2:2 (BT.601, video range): Y 16 is black, 235 white; (Y, U, V) = (81, 90, 240) is red
+YUV_BLACK_WHITE_RED = [(16, 128, 128, (0, 0, 0)), (235, 128, 128, (255, 255, 255)),
+                       (81, 90, 240, (255, 0, 0))]
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("uyvy", "UYVY"),
+                                             ("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV")])
+@pytest.mark.parametrize("pad", [0, 3])
+def test_yuv422_encodings_decode_to_rgb(encoding, order, pad):
+    # one row of six pixels: a black, a white and a red pair (a pair shares its U and V)
+    row = []
+    for y, u, v, _ in YUV_BLACK_WHITE_RED:
+        row += [u, y, v, y] if order == "UYVY" else [y, u, y, v]
+    rows = np.array([row, row], dtype=np.uint8).reshape(2, 6, 2)
+    out = image_to_numpy(_raw(rows, encoding, pad))
+    want = np.repeat(np.array([c for *_, c in YUV_BLACK_WHITE_RED], dtype=float), 2, axis=0)
+    assert out.shape == (2, 6, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(float) - want[None]).max() <= 3
+
+
+def test_yuv422_odd_width_is_refused():
+    msg = _raw(np.zeros((2, 3, 2), np.uint8), "yuv422", 0)
+    with pytest.raises(ConversionError, match="even width"):
+        image_to_numpy(msg)
+
+
+def _compressed(bgr: np.ndarray, ext: str, fmt: str, params=()) -> CompressedImage:
+    ok, buf = cv2.imencode(ext, bgr, list(params))
+    assert ok
+    return CompressedImage(format=fmt, data=buf.tobytes())
+
+
+def _smooth_rgb(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 200)],
+                    axis=2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["png", "rgb8; png compressed rgb8", ""])
+def test_compressed_png_is_exact_rgb(fmt):
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 36, 3), dtype=np.uint8)
+    out = compressed_image_to_numpy(_compressed(rgb[:, :, ::-1], ".png", fmt))
+    assert np.array_equal(out, rgb)
+    grey = rgb[:, :, 0]
+    out = compressed_image_to_numpy(_compressed(grey, ".png", fmt))
+    assert np.array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "bgr8; jpeg compressed bgr8"])
+def test_compressed_jpeg_decodes_close_to_the_image_in_rgb_order(fmt):
+    rgb = _smooth_rgb(48, 64)
+    out = compressed_image_to_numpy(_compressed(rgb[:, :, ::-1], ".jpg", fmt, (cv2.IMWRITE_JPEG_QUALITY, 95)))
+    assert out.shape == (48, 64, 3)
+    mse = np.mean((out.astype(float) - rgb) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 35
+    # channel order: the blue channel (constant 200) stays where RGB puts it
+    assert abs(out[:, :, 2].mean() - 200) < 3 and out[:, -1, 0].mean() > 240 and out[:, 0, 0].mean() < 15
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_compressed_size_is_checked_before_decoding(ext, monkeypatch):
+    msg = _compressed(np.zeros((40, 50, 3), np.uint8), ext, ext[1:])
+    assert compressed_image_to_numpy(msg, max_pixels=2000).shape == (40, 50, 3)
+
+    def no_decode(*a):
+        raise AssertionError("decoded an image its header already refused")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ConversionError, match="50x40 = 2000 pixels exceeds the limit of 1000"):
+        compressed_image_to_numpy(msg, max_pixels=1000)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: setattr(m, "format", "16UC1; compressedDepth png"), "depth stream"),
+    (lambda m: setattr(m, "format", "tiff"), "unsupported format 'tiff'"),
+    (lambda m: setattr(m, "data", b""), "empty data"),
+    (lambda m: setattr(m, "data", bytes(m.data)[:40]), "could not decode 40 bytes"),
+    (lambda m: setattr(m, "data", b"not an image at all"), "could not decode"),
+])
+def test_bad_compressed_images_are_named(make, message):
+    msg = _compressed(_smooth_rgb(16, 16), ".jpg", "jpeg")
+    make(msg)
+    with pytest.raises(ConversionError, match=message):
+        compressed_image_to_numpy(msg)
+
+
 def test_depth_round_trip():
     z = np.array([[0.5, 1.25, np.nan], [2.0, 0.0, 10.0]], dtype=np.float32)
     back = depth_to_numpy(numpy_to_depth(z, encoding="32FC1"))
@@ -83,7 +171,7 @@ def test_depth_round_trip():
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "unsupported encoding 'yuv422'"),
+    (lambda m: setattr(m, "encoding", "rgb16"), "unsupported encoding 'rgb16'"),
     (lambda m: setattr(m, "step", 5), "step 5 is smaller than width"),
     (lambda m: setattr(m, "data", bytes(7)), "data has 7 bytes but step*height"),
     (lambda m: setattr(m, "data", b""), "empty data"),

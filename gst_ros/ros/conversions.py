@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Transform, TransformStamped
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
@@ -40,6 +41,10 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 
 # encoding -> (channels, numpy dtype) for the encodings we read
 COLOR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
+# YUV 4:2:2, two bytes per pixel (sensor_msgs image_encodings: "yuv422" = UYVY byte order,
+# "yuv422_yuy2" = YUYV; newer distributions also name them "uyvy" / "yuyv") -> OpenCV conversion
+YUV422_ENCODINGS = {"yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+                    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV, "yuyv": cv2.COLOR_YUV2RGB_YUYV}
 DEPTH_ENCODINGS = {"16UC1": np.dtype(np.uint16), "32FC1": np.dtype(np.float32)}
 
 
@@ -116,14 +121,22 @@ def _rows(msg: Image, h: int, w: int, bytes_per_pixel: int) -> np.ndarray:
 
 
 def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) -> (H, W, 3) uint8 RGB (a copy).
+    """sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8, or YUV 4:2:2 as yuv422 / uyvy or
+    yuv422_yuy2 / yuyv) -> (H, W, 3) uint8 RGB (a copy).
 
-    Alpha is dropped; mono8 is replicated to three channels. Row padding (`step` larger than
-    width * channels) is honoured."""
+    Alpha is dropped; mono8 is replicated to three channels; YUV is converted with OpenCV's
+    BT.601 video-range coefficients. Row padding (`step` larger than width * bytes per pixel)
+    is honoured."""
     enc = msg.encoding
+    if enc in YUV422_ENCODINGS:
+        h, w = _check_image_header(msg, max_pixels)
+        if w % 2:
+            raise ConversionError(f"image: a {enc!r} image needs an even width (two pixels share U and V), "
+                                  f"got {w}")
+        return cv2.cvtColor(_rows(msg, h, w, 2).reshape(h, w, 2), YUV422_ENCODINGS[enc])
     if enc not in COLOR_ENCODINGS:
-        raise ConversionError(
-            f"image: unsupported encoding {enc!r}; expected one of {sorted(COLOR_ENCODINGS)}")
+        raise ConversionError(f"image: unsupported encoding {enc!r}; expected one of "
+                              f"{sorted(COLOR_ENCODINGS) + sorted(YUV422_ENCODINGS)}")
     h, w = _check_image_header(msg, max_pixels)
     c = COLOR_ENCODINGS[enc]
     px = _rows(msg, h, w, c).reshape(h, w, c)
@@ -139,6 +152,63 @@ def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         out = np.repeat(px, 3, axis=2)
     return out
 
+
+
+def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) read from a PNG or JPEG header without decoding, or None when the header
+    is not one of those (the decoder then decides)."""
+    b = data.tobytes()[:65536]
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24:
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(b):  # JPEG markers up to the start of frame, which holds the size
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(b[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= len(b):
+            return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def compressed_image_to_numpy(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """sensor_msgs/CompressedImage as image_transport's `compressed` plugin publishes it (JPEG or
+    PNG; `format` e.g. "jpeg", "png" or "bgr8; jpeg compressed bgr8") -> (H, W, 3) uint8 RGB.
+
+    Grey images are replicated to three channels and alpha is dropped. The size is read from the
+    header and checked against `max_pixels` before anything is decoded. A `compressedDepth`
+    stream, an unknown format, empty or undecodable data are refused by name."""
+    fmt = str(msg.format)
+    low = fmt.lower()
+    if "compresseddepth" in low:
+        raise ConversionError(f"compressed image: format {fmt!r} is a depth stream (compressedDepth), "
+                              "not a colour image")
+    if low and not any(k in low for k in ("jpeg", "jpg", "png")):
+        raise ConversionError(f"compressed image: unsupported format {fmt!r}; expected JPEG or PNG")
+    if len(msg.data) == 0:
+        raise ConversionError(f"compressed image: empty data (format {fmt!r})")
+    buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    size = _compressed_size(buf)
+    if size is not None:
+        w, h = size
+        if w * h > max_pixels:
+            raise ConversionError(f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                                  "pixels (max_pixels)")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ConversionError(f"compressed image: could not decode {len(buf)} bytes of format {fmt!r} "
+                              "(corrupt or truncated data)")
+    h, w = bgr.shape[:2]
+    if h * w > max_pixels:
+        raise ConversionError(f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                              "pixels (max_pixels)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 def numpy_to_image(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "",
                    encoding: str = "rgb8") -> Image:

@@ -40,7 +40,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
@@ -52,6 +52,7 @@ from gst_ros.ros.conversions import (
     K_to_camera_info,
     camera_info_image_size,
     camera_info_to_K,
+    compressed_image_to_numpy,
     image_to_numpy,
     numpy_to_image,
     pose_to_w2c,
@@ -96,8 +97,10 @@ class Reference:
 def classify_problem(message: str) -> str:
     """Short diagnostics key of an image ConversionError message (rejected_<key> in diagnostics)."""
     m = message.lower()
-    for key, words in (("oversized", ("exceeds",)), ("encoding", ("unsupported encoding",)),
-                       ("empty", ("empty",)), ("size", ("step", "bytes", "size"))):
+    for key, words in (("oversized", ("exceeds",)),
+                       ("encoding", ("unsupported encoding", "unsupported format", "depth stream")),
+                       ("empty", ("empty",)), ("undecodable", ("could not decode",)),
+                       ("size", ("step", "bytes", "size", "even width"))):
         if any(w in m for w in words):
             return key
     return "other"
@@ -287,6 +290,10 @@ class GSTNode(LifecycleNode):
         if backend not in P.TOKENIZER_BACKENDS:
             raise ValueError(f"tokenizer_backend must be one of {P.TOKENIZER_BACKENDS}, got {backend!r}")
         self.image_qos = image_qos(str(self.p("image_qos")), int(self.p("image_qos_depth")))
+        self.image_transport = str(self.p("image_transport"))
+        if self.image_transport not in P.IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {P.IMAGE_TRANSPORTS}, "
+                             f"got {self.image_transport!r}")
         self.candidate_count = int(self.p("candidate_count"))
         self.candidate_prefix = str(self.p("candidate_frame_prefix"))
         self.max_pixels = int(self.p("max_image_pixels"))
@@ -339,7 +346,7 @@ class GSTNode(LifecycleNode):
     def _create_subscriptions(self) -> None:
         for c in self.cameras:
             self._gst_subs.append(self.create_subscription(
-                Image, f"{c}/{self.p('image_topic')}", lambda m, c=c: self._on_image(c, m), self.image_qos))
+                *self._camera_image_topic(c), lambda m, c=c: self._on_image(c, m), self.image_qos))
             self._gst_subs.append(self.create_subscription(
                 CameraInfo, f"{c}/{self.p('camera_info_topic')}", lambda m, c=c: self._on_camera_info(c, m),
                 self.image_qos))
@@ -350,6 +357,15 @@ class GSTNode(LifecycleNode):
         self._gst_subs.append(self.create_subscription(PoseStamped, str(self.p("goal_topic")), self._on_goal,
                                                    output_qos()))
         self._gst_services.append(self.create_service(Trigger, "gst/set_reference", self._on_set_reference))
+
+    def _camera_image_topic(self, camera: str) -> tuple[type, str]:
+        """Message type and topic of a camera's images: <camera>/<image_topic> (sensor_msgs/Image),
+        or with image_transport "compressed" image_transport's <camera>/<image_topic>/compressed
+        (sensor_msgs/CompressedImage, JPEG or PNG)."""
+        topic = f"{camera}/{self.p('image_topic')}"
+        if self.image_transport == "compressed":
+            return CompressedImage, f"{topic}/compressed"
+        return Image, topic
 
     # ------------------------------------------------------------------------------------
     # executor-thread callbacks: convert, validate, hand over; never run inference here
@@ -367,14 +383,16 @@ class GSTNode(LifecycleNode):
             return
         self._camera_K[camera] = (K, camera_info_image_size(msg))
 
-    def _convert(self, stream: str, msg: Image) -> np.ndarray | None:
+    def _convert(self, stream: str, msg: Image | CompressedImage) -> np.ndarray | None:
         try:
+            if isinstance(msg, CompressedImage):
+                return compressed_image_to_numpy(msg, max_pixels=self.max_pixels)
             return image_to_numpy(msg, max_pixels=self.max_pixels)
         except ConversionError as e:
             self._reject(stream, "image", e)
             return None
 
-    def _on_image(self, camera: str, msg: Image) -> None:
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         received = time.monotonic()
         stats = self.stats[camera]
         stats.on_received(received)

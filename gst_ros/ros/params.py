@@ -12,6 +12,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "system_default")
 TOKENIZER_BACKENDS = ("torch", "onnx")
+IMAGE_TRANSPORTS = ("raw", "compressed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("cameras", ["camera"], "camera names; each subscribes <name>/<image_topic> and "
           "<name>/<camera_info_topic> and is estimated against the same reference"),
     Param("image_topic", "image_raw", "image topic under each camera name"),
+    Param("image_transport", "raw", "raw: sensor_msgs/Image on <camera>/<image_topic>; compressed: "
+          "sensor_msgs/CompressedImage (JPEG or PNG) on <camera>/<image_topic>/compressed, as "
+          "image_transport's compressed plugin publishes it"),
     Param("camera_info_topic", "camera_info", "camera_info topic under each camera name"),
     Param("use_camera_info", True, "use CameraInfo intrinsics for the rays (else default_fov_deg)",
           read_only=False),
