@@ -153,7 +153,6 @@ def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return out
 
 
-
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
     """(width, height) read from a PNG or JPEG header without decoding, or None when the header
     is not one of those (the decoder then decides)."""
@@ -209,6 +208,7 @@ def compressed_image_to_numpy(msg: CompressedImage, max_pixels: int = DEFAULT_MA
         raise ConversionError(f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
                               "pixels (max_pixels)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
 
 def numpy_to_image(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "",
                    encoding: str = "rgb8") -> Image:
