@@ -1,6 +1,7 @@
 """gst_node with `image_transport: compressed` over real rclpy (node in its own process, tiny
 random model): JPEG frames on <camera>/image_raw/compressed give poses on TF; a corrupt one is
-counted by name in the diagnostics and the node keeps estimating."""
+counted by name in the diagnostics and the node keeps estimating; an unknown transport fails
+configure by name."""
 from __future__ import annotations
 
 import sys
@@ -96,3 +97,13 @@ def test_compressed_frames_give_poses_and_bad_ones_are_counted(tmp_path):
     finally:
         probe.close()
         stop_process(proc)
+
+
+def test_unknown_image_transport_fails_configure_by_name(tmp_path):
+    params = write_params(tmp_path / "p.yaml", {"device": "cpu", "autostart": True, "cameras": ["cam0"],
+                                                "image_transport": "theora",
+                                                "model_dir": str(make_tiny_model(tmp_path / "tiny"))})
+    proc = start_node(params, ["-r", "__node:=gst_badtransport"], log_path=tmp_path / "node.log")
+    assert proc.wait(timeout=120) != 0
+    log = (tmp_path / "node.log").read_text()
+    assert "image_transport must be one of ('raw', 'compressed'), got 'theora'" in log
