@@ -78,6 +78,8 @@ def main() -> int:
             import cv2
             img_pub = probe.publisher(CompressedImage, "cam0/image_raw/compressed", 5)
             ok, jpeg = cv2.imencode(".jpg", rgb_image(h, w)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if not ok:
+                raise RuntimeError("bench_node: OpenCV could not encode the test frame as JPEG")
             msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes())
             msg.header.frame_id = "cam0_optical"
         else:
