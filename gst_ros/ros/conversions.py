@@ -39,7 +39,7 @@ from gst_ros.geometry import (
 # 4096 x 4096: larger frames are refused unless the caller raises the limit
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
-# encoding -> (channels, numpy dtype) for the encodings we read
+# encoding -> channels, for the 8-bit colour encodings we read
 COLOR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
 # YUV 4:2:2, two bytes per pixel (sensor_msgs image_encodings: "yuv422" = UYVY byte order,
 # "yuv422_yuy2" = YUYV; newer distributions also name them "uyvy" / "yuyv") -> OpenCV conversion
@@ -93,13 +93,17 @@ def make_header(stamp: Time | None = None, frame_id: str = "") -> Header:
 # images
 
 
+def _check_pixel_count(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ConversionError(
+            f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels (max_pixels)")
+
+
 def _check_image_header(msg: Image, max_pixels: int) -> tuple[int, int]:
     h, w = int(msg.height), int(msg.width)
     if h == 0 or w == 0:
         raise ConversionError(f"image: empty image ({w}x{h})")
-    if h * w > max_pixels:
-        raise ConversionError(
-            f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels (max_pixels)")
+    _check_pixel_count(w, h, max_pixels)
     if len(msg.data) == 0:
         raise ConversionError(f"image: empty data for a {w}x{h} {msg.encoding!r} image")
     return h, w
@@ -156,7 +160,7 @@ def image_to_numpy(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
     """(width, height) read from a PNG or JPEG header without decoding, or None when the header
     is not one of those (the decoder then decides)."""
-    b = data.tobytes()[:65536]
+    b = data[:65536].tobytes()   # the header only, not a copy of the whole frame
     if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24:
         return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
     if b[:2] != b"\xff\xd8":
@@ -195,18 +199,12 @@ def compressed_image_to_numpy(msg: CompressedImage, max_pixels: int = DEFAULT_MA
     buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
     size = _compressed_size(buf)
     if size is not None:
-        w, h = size
-        if w * h > max_pixels:
-            raise ConversionError(f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                                  "pixels (max_pixels)")
+        _check_pixel_count(*size, max_pixels)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ConversionError(f"compressed image: could not decode {len(buf)} bytes of format {fmt!r} "
                               "(corrupt or truncated data)")
-    h, w = bgr.shape[:2]
-    if h * w > max_pixels:
-        raise ConversionError(f"image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                              "pixels (max_pixels)")
+    _check_pixel_count(bgr.shape[1], bgr.shape[0], max_pixels)  # a header the scan could not read
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
