@@ -746,3 +746,35 @@ def test_identity_pairs_reach_training_and_need_the_camera_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="camera tokenizer"):
         train(tiny_cfg(make_shards(tmp_path / "bare"), identity_pair_prob=0.5, max_steps=1), tmp_path / "r2",
               progress=False, export=False)
+
+
+def test_a_trained_model_gains_the_aligned_camera_input_unchanged_at_first():
+    """Continuing a checkpoint with `aligned_camera` (model_overrides) adds its map at zero: every
+    other tensor is the checkpoint's and every logit is as before, in both orders."""
+    from gst_ros.models.io import load_state_dict_strict
+    from gst_ros.models.sequence import make_batch
+    from gst_ros.models.transformer import GST, gst_config
+    from training.train_gst import build_model_config, init_state_with_new_heads
+
+    torch.manual_seed(0)
+    old = GST(gst_config("tiny", grid=(3, 3), image_vocab=40, camera_vocab=20, camera_code_dim=4))
+    with torch.no_grad():
+        old.output.weight.normal_(0, 1.0)
+        old.camera_codebook.normal_()
+    manifest = {"image_vocab": 40, "camera_vocab": 20, "grid": [3, 3]}
+    cfg = TrainConfig(model_overrides={"aligned_camera": True})
+    config = build_model_config(cfg, manifest, dataclasses.asdict(old.config))
+    assert config.aligned_camera and config.camera_code_dim == 4
+    new = GST(config)
+    load_state_dict_strict(new, init_state_with_new_heads(new, old.state_dict()), "test")
+    assert float(new.aligned_camera_proj.weight.abs().sum()) == 0.0
+    old.eval()
+    new.eval()
+    n, voc = old.config.layout.n, old.config.vocabulary
+    g = torch.Generator().manual_seed(1)
+    obs, img = torch.randint(0, 40, (2, n), generator=g), torch.randint(0, 40, (2, n), generator=g)
+    cam = torch.randint(0, 20, (2, n), generator=g)
+    for task in ("gen", "est"):
+        seq = make_batch(voc, old.config.layout, obs, img, cam, task).input_ids
+        with torch.no_grad():
+            torch.testing.assert_close(new(seq), old(seq))

@@ -12,7 +12,7 @@ from gst_ros.engine.generation import (
     sample_logits,
     unconditional_view,
 )
-from gst_ros.models.sequence import build_prefix
+from gst_ros.models.sequence import build_prefix, make_batch
 from gst_ros.models.transformer import GST, gst_config
 
 
@@ -203,3 +203,54 @@ def test_pose_log_likelihood_is_the_sum_of_legal_next_token_log_probs():
     assert torch.allclose(ll, expect, atol=1e-4)
     assert bool((ll < 0).all())
     assert not torch.allclose(ll, pose_log_likelihood(m, obs, img, cam.flip(0)))
+
+
+def test_aligned_camera_gives_each_predicted_cell_its_camera_code_in_the_gen_order_only():
+    """In the <GEN> order the input that predicts target cell j (sequence index 2n + j) gains
+    aligned_camera_proj(camera codebook[camera code of cell j]); every other input, and every
+    input of an <EST>-order sequence, gains nothing; the map starts at zero; it needs camera
+    codebook features. Decoding with the KV cache (camera codes given in the prefix, or drawn one
+    by one before the view, one prefix shared by many samples) samples what recomputing does."""
+    with pytest.raises(ValueError, match="camera_code_dim"):
+        gst_config("tiny", grid=(2, 2), aligned_camera=True)
+    torch.manual_seed(0)
+    cfg = gst_config("tiny", grid=(3, 3), image_vocab=40, camera_vocab=20, camera_code_dim=4,
+                     aligned_camera=True, segment_embedding=True)
+    m = GST(cfg)
+    assert float(m.aligned_camera_proj.weight.abs().sum()) == 0.0
+    with torch.no_grad():
+        m.output.weight.normal_(0, 1.0)
+        m.camera_codebook.normal_()
+        m.aligned_camera_proj.weight.normal_(0, 1.0)
+    m.eval()
+    n, voc = cfg.layout.n, cfg.vocabulary
+    obs, img, cam = _obs(1, n), _obs(1, n, seed=1), _obs(1, n, seed=2, hi=20)
+    gen = make_batch(voc, cfg.layout, obs, img, cam, "gen").input_ids  # [o, <GEN>, c, i[:-1]]
+    term = m.aligned_camera(gen, torch.arange(gen.shape[1]))
+    books = m.aligned_camera_proj(m.camera_codebook[cam[0]])  # (n, dim): the term of each cell
+    torch.testing.assert_close(term[0, 2 * n: 3 * n], books)
+    assert float(term[0, : 2 * n].abs().sum()) == 0.0
+    est = make_batch(voc, cfg.layout, obs, img, cam, "est").input_ids
+    assert float(m.aligned_camera(est, torch.arange(est.shape[1])).abs().sum()) == 0.0
+    # it reaches the logits of the view's cells, and of nothing before them
+    with torch.no_grad():
+        a = m(gen)
+        weight = m.aligned_camera_proj.weight.clone()
+        m.aligned_camera_proj.weight.zero_()
+        b = m(gen)
+        m.aligned_camera_proj.weight.copy_(weight)
+    assert torch.equal(a[0, : 2 * n], b[0, : 2 * n]) and not torch.allclose(a[0, 2 * n:], b[0, 2 * n:])
+    sc = SamplingConfig(temperature=4.0, top_k=None)
+    cams = _obs(6, n, seed=3, hi=20)
+    cached = novel_view(m, obs.expand(6, -1), cams, sc, torch.Generator().manual_seed(4))
+    again = novel_view(m, obs.expand(6, -1), cams, sc, torch.Generator().manual_seed(4), use_kv_cache=False)
+    assert torch.equal(cached, again)
+    one_camera = cams[:1].expand(6, -1)  # one query, six samples: the prefix is prefilled once
+    shared = novel_view(m, obs.expand(6, -1), one_camera, sc, torch.Generator().manual_seed(5))
+    again = novel_view(m, obs.expand(6, -1), one_camera, sc, torch.Generator().manual_seed(5),
+                       use_kv_cache=False)
+    assert torch.equal(shared, again) and len({tuple(r) for r in shared.tolist()}) > 1
+    drawn = propose_cameras(m, obs.expand(3, -1), sc, torch.Generator().manual_seed(6), with_views=True)
+    again = propose_cameras(m, obs.expand(3, -1), sc, torch.Generator().manual_seed(6), with_views=True,
+                            use_kv_cache=False)
+    assert torch.equal(drawn[0], again[0]) and torch.equal(drawn[1], again[1])

@@ -109,7 +109,9 @@ def test_task_token_rope_choices():
 @pytest.mark.parametrize("options", [{}, {"segment_embedding": True},
                                      {"image_code_dim": 8, "camera_code_dim": 4},
                                      {"image_code_dim": 8, "camera_code_dim": 4,
-                                      "aligned_observation": True}])
+                                      "aligned_observation": True},
+                                     {"image_code_dim": 8, "camera_code_dim": 4, "aligned_observation": True,
+                                      "aligned_camera": True}])
 @pytest.mark.parametrize("task", ["gen", "est"])
 def test_kv_cache_matches_full_forward(task, options):
     cfg = gst_config("tiny", grid=(4, 4), **options)
@@ -121,6 +123,9 @@ def test_kv_cache_matches_full_forward(task, options):
     if cfg.aligned_observation:  # zero at init: make it count
         with torch.no_grad():
             m.aligned_proj.weight.normal_(0, 0.5)
+    if cfg.aligned_camera:
+        with torch.no_grad():
+            m.aligned_camera_proj.weight.normal_(0, 0.5)
     lay, voc = cfg.layout, cfg.vocabulary
     g = torch.Generator().manual_seed(1)
     b = 2

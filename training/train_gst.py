@@ -245,7 +245,7 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
 
 
 # optional parts a trained model may gain
-ADDABLE_MODULES = ("pose_head.", "center_head.", "view_head.", "aligned_proj.")
+ADDABLE_MODULES = ("pose_head.", "center_head.", "view_head.", "aligned_proj.", "aligned_camera_proj.")
 READOUT_HEADS = ("pose_head", "center_head", "view_head")  # train_modules made only of these: no token loss
 
 

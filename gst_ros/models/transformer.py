@@ -39,6 +39,14 @@ One model over the shared vocabulary of gst_ros.models.sequence (image codes, ca
   layer compares the two views cell by cell, as a convolution over the stacked grids does
   (docs/training.md, "Reading the pose"). With a KV cache the observation is remembered from the
   prefill that starts at index 0.
+- optional aligned camera (`aligned_camera=True`, needs camera codebook features; off for the
+  paper's sizes and every imported checkpoint): in the <GEN> order, the input that predicts each
+  target-view cell (the last camera token for cell 0, then the image token before each cell)
+  also enters with a learned linear map (`aligned_camera_proj`, zero at init) of the codebook
+  vector of the camera code of the cell it predicts: the Plücker rays of that cell, as a
+  ray-conditioned view synthesis model sees them, rather than only through attention to the
+  camera segment, whose worth to the view fades over the later cells (docs/training.md, "Where
+  a view follows its camera"). With a KV cache the camera codes are remembered as they enter.
 - optional pose head (`pose_head=True`, off for the paper's sizes and every imported checkpoint):
   regresses the 3x3 relative rotation from the final normed hidden states of the target view in
   the <EST> order (input indices n+1 .. 2n): each cell's state is mapped to 16 features, the
@@ -148,6 +156,7 @@ class GSTConfig:
     pose_head: bool = False   # auxiliary rotation head on the <EST> target-view states
     center_head: bool = False  # camera-centre head (centre + its log-variance) on the same states
     aligned_observation: bool = False  # target-view image tokens also get the observation code of their cell
+    aligned_camera: bool = False  # <GEN> order: the input predicting a target-view cell gets its camera code
     view_head: bool = False   # auxiliary target-view head on the <GEN> camera-token states
 
     def __post_init__(self):
@@ -160,6 +169,8 @@ class GSTConfig:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D RoPE")
         if self.aligned_observation and self.image_code_dim < 1:
             raise ValueError("aligned_observation uses the image codebook features: set image_code_dim")
+        if self.aligned_camera and self.camera_code_dim < 1:
+            raise ValueError("aligned_camera uses the camera codebook features: set camera_code_dim")
         if self.image_code_dim < 0 or self.camera_code_dim < 0:
             raise ValueError(f"code dims must be >= 0, got {self.image_code_dim}, {self.camera_code_dim}")
         if self.center_head and not self.pose_head:
@@ -350,7 +361,13 @@ class GST(nn.Module):
         self.aligned_proj = None
         if config.aligned_observation:
             self.aligned_proj = nn.Linear(config.image_code_dim, config.dim, bias=False)
-        self._observation: torch.Tensor | None = None  # the cached sequence's observation codes
+        self.aligned_camera_proj = None
+        if config.aligned_camera:
+            self.aligned_camera_proj = nn.Linear(config.camera_code_dim, config.dim, bias=False)
+        # ids of the sequence the KV cache holds (B, cache length), for the aligned inputs, and
+        # whether they were written from index 0 (a prefill) since setup_caches
+        self._cached_ids: torch.Tensor | None = None
+        self._prefilled = False
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
@@ -370,6 +387,7 @@ class GST(nn.Module):
             self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
         if config.aligned_observation:
             self.register_buffer("cell_ids", rows * config.grid[1] + cols, persistent=False)
+        self._has_aligned_inputs = config.aligned_observation or config.aligned_camera
         self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
@@ -387,8 +405,9 @@ class GST(nn.Module):
         nn.init.zeros_(self.output.weight)
         if self.view_head is not None:  # starts uniform over the codes, so it pulls on nothing at first
             nn.init.zeros_(self.view_head.weight)
-        if self.aligned_proj is not None:
-            nn.init.zeros_(self.aligned_proj.weight)
+        for proj in (self.aligned_proj, self.aligned_camera_proj):
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
         if self.center_head is not None:  # starts at the object-centric placement, variance 1
             nn.init.zeros_(self.center_head[-1].weight)
             nn.init.zeros_(self.center_head[-1].bias)
@@ -456,21 +475,46 @@ class GST(nn.Module):
         use = (positions > n)[None, :, None] & (idx < self.config.image_vocab)[..., None]
         return per_token * use
 
-    def _aligned_term(self, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
-        """The aligned-observation input term of forward: the observation is idx's first n tokens
-        (a prefix from index 0), remembered at a cache prefill for the decode steps after it."""
+    def aligned_camera(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim): for the inputs at sequence indices `positions` (T,) of sequences `ids`
+        (B, L) from index 0 (all of the sequence up to positions[-1]), aligned_camera_proj of the
+        codebook vector of the camera code of the target-view cell each input predicts, where the
+        sequence is in the <GEN> order ([o, <GEN>, c, i]: the input at index 2n + j predicts
+        cell j, whose camera code sits at index n + 1 + j; cells row-major over the grid); zero
+        for every other input and every <EST>-order sequence."""
+        n, vocab = self.config.layout.n, self.config.vocabulary
+        weight = self.aligned_camera_proj.weight
+        if ids.shape[1] <= 2 * n:  # the camera segment is not complete: no target cell is predicted yet
+            return torch.zeros((), dtype=weight.dtype, device=ids.device)
+        cell = positions - 2 * n
+        codes = ids[:, n + 1 + cell.clamp(0, n - 1)] - vocab.camera_offset  # (B, T)
+        book = self.camera_codebook[codes.clamp(0, vocab.camera_vocab - 1)]
+        feats = self.aligned_camera_proj(book.to(weight.dtype))
+        use = ((cell >= 0) & (cell < n))[None, :, None] & (ids[:, n] == vocab.gen_token)[:, None, None]
+        return feats * use
+
+    def _aligned_terms(self, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        """The aligned input terms of forward (observation and camera). Without input_pos idx is
+        the whole prefix; with it, idx's ids are written into the cached ids, so a decode step
+        sees the observation and camera codes of the prefill and the steps before it."""
         n, t = self.config.layout.n, idx.shape[1]
         if input_pos is None:
-            if t <= n + 1:  # no target-view token yet
-                return torch.zeros((), dtype=self.aligned_proj.weight.dtype, device=idx.device)
-            return self.aligned_observation(idx, torch.arange(t, device=idx.device), idx[:, :n])
-        if int(input_pos[0]) == 0:
-            if t < n:
-                raise ValueError(f"a cache prefill must hold the whole observation ({n} tokens), got {t}")
-            self._observation = idx[:, :n]
-        if self._observation is None:
-            raise RuntimeError("aligned_observation needs the observation: prefill the cache from index 0")
-        return self.aligned_observation(idx, input_pos, self._observation)
+            ids, positions = idx, torch.arange(t, device=idx.device)
+        else:
+            if int(input_pos[0]) == 0:
+                if t < n:
+                    raise ValueError(f"a cache prefill must hold the whole observation ({n} tokens), got {t}")
+                self._prefilled = True
+            if not self._prefilled:
+                raise RuntimeError("the aligned inputs need the observation: prefill the cache from index 0")
+            self._cached_ids[:, input_pos] = idx
+            ids, positions = self._cached_ids, input_pos
+        term = torch.zeros((), dtype=self.output.weight.dtype, device=idx.device)
+        if self.aligned_proj is not None and ids.shape[1] > n + 1:
+            term = term + self.aligned_observation(idx, positions, ids[:, :n])
+        if self.aligned_camera_proj is not None:
+            term = term + self.aligned_camera(ids, positions)
+        return term
 
     def setup_caches(self, batch: int, max_seq_len: int | None = None, dtype=None, device=None) -> None:
         """Preallocate a KV cache for `batch` sequences of up to max_seq_len (default: the full
@@ -485,22 +529,24 @@ class GST(nn.Module):
             layer.attention.kv_cache = KVCache(batch, self.config.n_head, max_len, self.config.head_dim,
                                                dtype, device)
         self.causal_mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+        self._cached_ids = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self._prefilled = False
 
     def repeat_caches(self, batch: int) -> None:
-        """After a batch-1 prefill, give every layer's KV cache (and the remembered observation of
-        the aligned input) `batch` rows, so one shared prefix is computed once for many samples."""
+        """After a batch-1 prefill, give every layer's KV cache (and the cached ids of the aligned
+        inputs) `batch` rows, so one shared prefix is computed once for many samples."""
         for layer in self.layers:
             if layer.attention.kv_cache is None:
                 raise RuntimeError("repeat_caches needs a KV cache: call setup_caches and prefill first")
             layer.attention.kv_cache.repeat_rows(batch)
-        if self._observation is not None:
-            self._observation = self._observation.expand(batch, -1)
+        if self._cached_ids is not None:
+            self._cached_ids = self._cached_ids.expand(batch, -1).clone()
 
     def clear_caches(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.causal_mask = torch.ones(0, 0, dtype=torch.bool, device=self.output.weight.device)
-        self._observation = None
+        self._cached_ids, self._prefilled = None, False
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, return_heads: bool = False):
         """Logits (B, T, vocab_size) in fp32; with return_heads, (logits, HeadReadout).
@@ -557,8 +603,8 @@ class GST(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         h = self.embed(idx)
-        if self.aligned_proj is not None:
-            h = h + self._aligned_term(idx, input_pos)
+        if self._has_aligned_inputs:
+            h = h + self._aligned_terms(idx, input_pos)
         if self.seg_embeddings is not None:
             seg = self.segment_ids[:t] if input_pos is None else self.segment_ids[input_pos]
             h = h + self.seg_embeddings(seg)[None]
