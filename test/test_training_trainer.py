@@ -95,6 +95,24 @@ def test_weight_decay_only_on_matrices():
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
+def test_module_lr_scale_gives_a_module_its_own_multiple_of_the_schedule():
+    from gst_ros.models.transformer import GST, gst_config
+    from training.train_gst import set_lr
+
+    model = GST(gst_config("tiny", dim=64, n_layer=1, n_head=1, camera_code_dim=4, aligned_camera=True))
+    opt = make_optimizer(model, TrainConfig(module_lr_scale={"aligned_camera_proj": 20}), torch.device("cpu"))
+    assert len(opt.param_groups) == 3
+    decay, no_decay, scaled = opt.param_groups
+    assert scaled["params"] == [model.aligned_camera_proj.weight] and scaled["weight_decay"] == 0.05
+    assert all(p is not model.aligned_camera_proj.weight for p in decay["params"] + no_decay["params"])
+    set_lr(opt, 1e-4)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-4, 2e-3])
+    with pytest.raises(ValueError, match="module_lr_scale"):
+        TrainConfig(module_lr_scale={"aligned_camera_proj": 0})
+    with pytest.raises(ValueError, match="fsdp"):
+        TrainConfig(module_lr_scale={"output": 2}, strategy="fsdp")
+
+
 def test_accumulation_equals_one_big_batch_and_export(tmp_path):
     """Same global batch with 1 or 4 micro-steps: same losses and weights (dropouts off)."""
     shards = make_shards(tmp_path / "shards")

@@ -114,6 +114,9 @@ class TrainConfig:
     train_modules: list = field(default_factory=list)  # top-level GST modules to train (e.g.
                                          # [center_head]); empty: all. The rest stay frozen;
                                          # only read-out heads: the token loss is skipped (logged 0)
+    module_lr_scale: dict = field(default_factory=dict)  # top-level GST module -> lr multiplier,
+                                         # e.g. {aligned_camera_proj: 20} for a part added to a
+                                         # trained model at zero, which lr alone moves too slowly
     precision: str = "bf16"              # "bf16" (autocast on CUDA; fp32 on CPU) | "fp32"
     strategy: str = "none"               # "none" | "ddp" | "fsdp" (training/distributed.py)
     device: str = "auto"
@@ -158,6 +161,11 @@ class TrainConfig:
                    "camera_contrast_weight is single-process only for now (strategy: none): a "
                    "two-process DDP run of it aborted once in CI and the cause is not found"),
                   (isinstance(self.train_modules, (list, tuple)), "train_modules must be a list of names"),
+                  (isinstance(self.module_lr_scale, dict)
+                   and all(isinstance(v, (int, float)) and v > 0 for v in self.module_lr_scale.values()),
+                   "module_lr_scale must map module names to multipliers > 0"),
+                  (not self.module_lr_scale or self.strategy != "fsdp",
+                   "module_lr_scale is not supported with strategy fsdp (flat parameters lose their names)"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
@@ -207,11 +215,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) and none on the rest."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+    """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) and none on the rest.
+    The first two groups (decay, no decay) hold every module at the schedule's lr; the parameters
+    of the top-level modules in cfg.module_lr_scale (a DDP wrapper's "module." prefix ignored)
+    follow in groups of their own whose "lr_scale" multiplies the schedule (set_lr)."""
+    groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            top = name.removeprefix("module.").split(".")[0]
+            groups.setdefault((float(cfg.module_lr_scale.get(top, 1.0)), p.dim() >= 2), []).append(p)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+                    for (scale, decay), params in groups.items() if params or scale == 1.0]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's lr into every group, times the group's lr_scale (make_optimizer)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 # ------------------------------------------------------------------ model
@@ -713,6 +734,11 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             codebook_embedding_init(model, image_book, camera_book, seed=cfg.seed)
             _say(info, "code embeddings seeded from the tokenizers' codebooks")
     trainable = freeze_for_training(model, cfg.train_modules)
+    children = {n for n, c in model.named_children() if c is not None}
+    if set(cfg.module_lr_scale) - children:
+        unknown = sorted(set(cfg.module_lr_scale) - children)
+        raise ValueError(f"module_lr_scale names {unknown}, which are not modules of this GST "
+                         f"(it has {sorted(children)})")
     heads_only = bool(cfg.train_modules) and set(cfg.train_modules) <= set(READOUT_HEADS)
     prefix_len = 2 * model_cfg.layout.n + 1  # [o, task, first segment]: what the heads read
     if cfg.train_modules:
@@ -776,8 +802,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     t_last, steps_since = time.perf_counter(), 0
     for step in bar:
         lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         tasks, dropped = step_draws(cfg, step)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1024 + info.rank)
         tasks, dropped = tasks[rs], dropped[rs]
