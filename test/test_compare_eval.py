@@ -91,3 +91,59 @@ def test_cli_writes_the_table(tmp_path, capsys):
     with open(tmp_path / "diff.csv") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[0]["B - A"]) == pytest.approx(0.5)
+
+
+def write_views(path, psnr_by_scene, hits=0.0, group="seen", method="gst"):
+    """An nvs.csv as training.evaluate writes it: one row per target view j of each scene, and a
+    'chance' row per view without PSNR / SSIM (as evaluate writes them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "nvs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "group", "category", "scene", "j", "psnr", "ssim",
+                                          "side@1", "side_err_deg"])
+        w.writeheader()
+        for scene, values in psnr_by_scene.items():
+            for j, v in enumerate(values, start=1):
+                w.writerow({"method": method, "group": group, "category": "synthetic", "scene": scene, "j": j,
+                            "psnr": v, "ssim": v / 100, "side@1": hits, "side_err_deg": 60 - 60 * hits})
+                w.writerow({"method": "chance", "group": group, "category": "synthetic", "scene": scene, "j": j,
+                            "psnr": "", "ssim": "", "side@1": 1 / 12, "side_err_deg": 90})
+    return path
+
+
+def test_views_compared_view_by_view_with_the_scene_bootstrap(tmp_path):
+    a = write_views(tmp_path / "a", {f"{s:03d}": [12.0, 14.0] for s in range(10)})
+    b = write_views(tmp_path / "b", {f"{s:03d}": [13.0, 15.0] for s in range(10)}, hits=1.0)
+    rows = compare_eval.compare_views(compare_eval.load_view_scores(a, "gst"),
+                                      compare_eval.load_view_scores(b / "nvs.csv", "gst"), resamples=300)
+    by = {r["metric"]: r for r in rows}
+    assert set(by) == {"side@1", "side_err_deg", "psnr", "ssim"}
+    assert (by["psnr"]["views"], by["psnr"]["scenes"]) == (20, 10)
+    assert by["psnr"]["A"] == pytest.approx(13.0) and by["psnr"]["B"] == pytest.approx(14.0)
+    assert by["psnr"]["95% low"] == pytest.approx(1.0) and by["psnr"]["95% high"] == pytest.approx(1.0)
+    assert by["side@1"]["B - A"] == pytest.approx(1.0) and by["side_err_deg"]["B - A"] == pytest.approx(-60.0)
+    assert by["psnr"]["P(B - A <= 0)"] == 0.0 and by["side_err_deg"]["P(B - A <= 0)"] == 1.0
+    # a gain in one scene of many is not resolved
+    c = write_views(tmp_path / "c", {f"{s:03d}": [12.0, 14.0] if s else [22.0, 24.0] for s in range(10)})
+    r = next(x for x in compare_eval.compare_views(compare_eval.load_view_scores(a, "gst"),
+                                                   compare_eval.load_view_scores(c, "gst"), resamples=2000)
+             if x["metric"] == "psnr")
+    assert r["B - A"] == pytest.approx(1.0) and r["95% low"] == 0.0
+    # a method whose rows carry no PSNR is compared on what it has
+    chance = compare_eval.compare_views(compare_eval.load_view_scores(a, "chance"),
+                                        compare_eval.load_view_scores(b, "chance"), resamples=100)
+    assert [x["metric"] for x in chance] == ["side@1", "side_err_deg"]
+
+
+def test_views_missing_or_mismatched_are_named(tmp_path, capsys):
+    a = write_views(tmp_path / "a", {"000": [12.0, 14.0], "001": [12.0, 14.0]})
+    b = write_views(tmp_path / "b", {"000": [12.0, 14.0]})
+    with pytest.raises(compare_eval.EvalComparisonError, match="2 of A's missing in B"):
+        compare_eval.compare_views(compare_eval.load_view_scores(a, "gst"),
+                                   compare_eval.load_view_scores(b, "gst"))
+    with pytest.raises(compare_eval.EvalComparisonError, match=r"no views of method 'gst, mean of 4' \(it has"):
+        compare_eval.load_view_scores(a, "gst, mean of 4")
+    with pytest.raises(compare_eval.EvalComparisonError, match="no nvs.csv"):
+        compare_eval.load_view_scores(tmp_path / "nowhere", "gst")
+    assert compare_eval.main([str(a), str(b), "--views"]) == 2
+    assert compare_eval.main([str(a), str(a), "--views", "--resamples", "100"]) == 0
+    assert "| seen | psnr | 4 | 2 | 13.000 | 13.000 | 0.000 |" in capsys.readouterr().out

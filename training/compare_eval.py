@@ -1,7 +1,9 @@
-"""Compare two evaluations of the same pairs: is model B's pose accuracy really different from A's?
+"""Compare two evaluations of the same pairs: is model B's pose accuracy (or, with --views, its
+novel views) really different from A's?
 
     python -m training.compare_eval outputs/eval_unseen_old outputs/eval_unseen \
         [--method gst-head] [--method-b gst-head] [--resamples 5000] [--seed 0] [--out diff.csv]
+    python -m training.compare_eval A B --views [--method gst] [--method-b "gst, mean of 4"]
 
 A and B are `training.evaluate --out` directories (or their per_pair.csv files) of the same
 split, scenes and views, e.g. the shipped model and a candidate. The ordered pairs of one
@@ -12,6 +14,12 @@ of B minus that of A is recomputed the way training.evaluate computes it (per ca
 averaged over categories). Printed per group (seen / unseen), threshold and angular-baseline
 bin: RRA of A and of B, their difference, its 95% bootstrap interval, and the share of draws in
 which B is not better (difference <= 0), a one-sided p-value for "B is better".
+
+With --views the two nvs.csv files are compared instead, view by view (matched on group,
+category, scene and target view j): for each group the mean of side@1, side err (degrees),
+PSNR (dB) and SSIM of A and of B (per category, then averaged over categories, as the pose
+accuracy), their difference with its 95% interval from the same paired bootstrap over scenes,
+and P(B - A <= 0). For side err lower is better, so there "B is better" is P(B - A >= 0) small.
 
 Pairs are matched on (group, category, scene, i, j); the two runs must hold exactly the same
 pairs for the chosen methods, otherwise it stops and names what is missing.
@@ -29,6 +37,8 @@ from training.evaluate import ANGLE_BINS, THRESHOLDS, category_averaged_accuracy
 from training.logging_utils import CSVLogger
 
 PAIR_KEY = ("group", "category", "scene", "i", "j")
+VIEW_KEY = ("group", "category", "scene", "j")
+VIEW_METRICS = ("side@1", "side_err_deg", "psnr", "ssim")  # training.evaluate's nvs.csv columns
 
 
 class EvalComparisonError(ValueError):
@@ -57,13 +67,48 @@ def load_pair_errors(path, method: str) -> dict[tuple, tuple[float, float]]:
     return out
 
 
+def load_view_scores(path, method: str) -> dict[tuple, dict[str, float]]:
+    """{(group, category, scene, j): {metric: value}} of the novel views of `method` from a
+    training.evaluate nvs.csv (or the directory holding it); the metrics of VIEW_METRICS that
+    the row holds (side@1 0/1, side err in degrees, PSNR in dB, SSIM)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "nvs.csv"
+    if not path.is_file():
+        raise EvalComparisonError(f"{path}: no nvs.csv (run training.evaluate --out first)")
+    out, methods = {}, set()
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            methods.add(row.get("method", ""))
+            if row.get("method") != method:
+                continue
+            try:
+                out[tuple(row[k] for k in VIEW_KEY)] = {m: float(row[m]) for m in VIEW_METRICS
+                                                        if row.get(m) not in (None, "")}
+            except (KeyError, ValueError) as e:
+                raise EvalComparisonError(f"{path}: malformed row {row}: {e}") from e
+    if not out:
+        raise EvalComparisonError(f"{path}: no views of method {method!r} (it has {sorted(methods)})")
+    return out
+
+
+def _check_same_keys(a: dict, b: dict, what: str) -> None:
+    missing_b, missing_a = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if missing_a or missing_b:
+        raise EvalComparisonError(
+            f"the runs hold different {what}: {len(missing_b)} of A's missing in B (first {missing_b[:3]}), "
+            f"{len(missing_a)} of B's missing in A (first {missing_a[:3]}); evaluate both on the same "
+            "--split, --views and --scenes")
+
+
 def paired_bootstrap(scene_ids, categories, hits_a, hits_b, resamples: int = 5000,
                      seed: int = 0) -> tuple[float, np.ndarray]:
     """Category-averaged accuracy difference B - A over the given pairs, and its bootstrap
     distribution over scenes (`resamples` draws of the scenes with replacement, paired).
 
     scene_ids, categories: one entry per pair; hits_a, hits_b: whether each pair is within the
-    threshold for A and for B. Returns (difference, array of `resamples` differences)."""
+    threshold for A and for B, or any per-pair value (a view's PSNR), whose category-averaged
+    mean is then compared. Returns (difference, array of `resamples` differences)."""
     scene_ids, categories = np.asarray(scene_ids), np.asarray(categories)
     hits_a, hits_b = np.asarray(hits_a, dtype=np.float64), np.asarray(hits_b, dtype=np.float64)
     scenes, s_idx = np.unique(scene_ids, return_inverse=True)
@@ -90,12 +135,7 @@ def compare(pairs_a: dict, pairs_b: dict, thresholds=THRESHOLDS, resamples: int 
             seed: int = 0) -> list[dict]:
     """Rows {group, threshold, bin, pairs, scenes, RRA A, RRA B, B - A, 95% low, 95% high,
     P(B - A <= 0)} for every group, threshold and angular-baseline bin ("all" first)."""
-    missing_b, missing_a = sorted(set(pairs_a) - set(pairs_b)), sorted(set(pairs_b) - set(pairs_a))
-    if missing_a or missing_b:
-        raise EvalComparisonError(
-            f"the runs hold different pairs: {len(missing_b)} of A's missing in B (first {missing_b[:3]}), "
-            f"{len(missing_a)} of B's missing in A (first {missing_a[:3]}); evaluate both on the same "
-            "--split, --views and --scenes")
+    _check_same_keys(pairs_a, pairs_b, "pairs")
     keys = sorted(pairs_a)
     group = np.array([k[0] for k in keys])
     category = np.array([k[1] for k in keys])
@@ -122,28 +162,58 @@ def compare(pairs_a: dict, pairs_b: dict, thresholds=THRESHOLDS, resamples: int 
     return rows
 
 
+def compare_views(views_a: dict, views_b: dict, resamples: int = 5000, seed: int = 0) -> list[dict]:
+    """Rows {group, metric, views, scenes, A, B, B - A, 95% low, 95% high, P(B - A <= 0)} for every
+    group and every metric both runs hold for all their views (load_view_scores)."""
+    _check_same_keys(views_a, views_b, "views")
+    keys = sorted(views_a)
+    group = np.array([k[0] for k in keys])
+    category = np.array([k[1] for k in keys])
+    scene = np.array([f"{k[1]}/{k[2]}" for k in keys])
+    rows = []
+    for g in sorted(set(group.tolist())):
+        m = group == g
+        for metric in VIEW_METRICS:
+            if not all(metric in views_a[k] and metric in views_b[k] for k, use in zip(keys, m) if use):
+                continue
+            va = np.array([views_a[k][metric] for k, use in zip(keys, m) if use])
+            vb = np.array([views_b[k][metric] for k, use in zip(keys, m) if use])
+            point, boot = paired_bootstrap(scene[m], category[m], va, vb, resamples=resamples, seed=seed)
+            mean_a = float(np.mean([va[category[m] == c].mean() for c in np.unique(category[m])]))
+            rows.append({"group": g, "metric": metric, "views": int(m.sum()),
+                         "scenes": len(set(scene[m].tolist())), "A": mean_a, "B": mean_a + point,
+                         "B - A": point, "95% low": float(np.nanpercentile(boot, 2.5)),
+                         "95% high": float(np.nanpercentile(boot, 97.5)),
+                         "P(B - A <= 0)": float(np.mean(boot <= 0))})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.compare_eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a", help="evaluation A (the reference): a training.evaluate --out directory "
                     "or its per_pair.csv")
     ap.add_argument("b", help="evaluation B (the candidate)")
-    ap.add_argument("--method", default="gst-head", help="pose method of A (per_pair.csv 'method')")
-    ap.add_argument("--method-b", default=None, help="pose method of B (default: --method)")
+    ap.add_argument("--views", action="store_true",
+                    help="compare the novel views (nvs.csv: side@1, side err, PSNR, SSIM), not the poses")
+    ap.add_argument("--method", default=None, help="method of A (per_pair.csv / nvs.csv 'method'; "
+                    "default gst-head, with --views gst)")
+    ap.add_argument("--method-b", default=None, help="method of B (default: --method)")
     ap.add_argument("--resamples", type=int, default=5000, help="bootstrap draws over scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the table as CSV here")
     args = ap.parse_args(argv)
     if args.resamples < 100:
         ap.error("--resamples must be at least 100")
+    method_a = args.method or ("gst" if args.views else "gst-head")
+    method_b = args.method_b or method_a
+    load, cmp = (load_view_scores, compare_views) if args.views else (load_pair_errors, compare)
     try:
-        rows = compare(load_pair_errors(args.a, args.method),
-                       load_pair_errors(args.b, args.method_b or args.method),
-                       resamples=args.resamples, seed=args.seed)
+        rows = cmp(load(args.a, method_a), load(args.b, method_b), resamples=args.resamples, seed=args.seed)
     except EvalComparisonError as e:
         print(f"compare_eval: {e}", file=sys.stderr)
         return 2
-    print(f"A = {args.a} ({args.method}), B = {args.b} ({args.method_b or args.method}); "
+    print(f"A = {args.a} ({method_a}), B = {args.b} ({method_b}); "
           f"paired bootstrap over scenes, {args.resamples} draws")
     print(markdown_table(rows))
     if args.out:
