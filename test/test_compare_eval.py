@@ -105,8 +105,8 @@ def write_views(path, psnr_by_scene, hits=0.0, group="seen", method="gst"):
             for j, v in enumerate(values, start=1):
                 w.writerow({"method": method, "group": group, "category": "synthetic", "scene": scene, "j": j,
                             "psnr": v, "ssim": v / 100, "side@1": hits, "side_err_deg": 60 - 60 * hits})
-                w.writerow({"method": "chance", "group": group, "category": "synthetic", "scene": scene, "j": j,
-                            "psnr": "", "ssim": "", "side@1": 1 / 12, "side_err_deg": 90})
+                w.writerow({"method": "chance", "group": group, "category": "synthetic", "scene": scene,
+                            "j": j, "psnr": "", "ssim": "", "side@1": 1 / 12, "side_err_deg": 90})
     return path
 
 
@@ -140,7 +140,8 @@ def test_views_missing_or_mismatched_are_named(tmp_path, capsys):
     with pytest.raises(compare_eval.EvalComparisonError, match="2 of A's missing in B"):
         compare_eval.compare_views(compare_eval.load_view_scores(a, "gst"),
                                    compare_eval.load_view_scores(b, "gst"))
-    with pytest.raises(compare_eval.EvalComparisonError, match=r"no views of method 'gst, mean of 4' \(it has"):
+    with pytest.raises(compare_eval.EvalComparisonError,
+                       match=r"no views of method 'gst, mean of 4' \(it has"):
         compare_eval.load_view_scores(a, "gst, mean of 4")
     with pytest.raises(compare_eval.EvalComparisonError, match="no nvs.csv"):
         compare_eval.load_view_scores(tmp_path / "nowhere", "gst")
