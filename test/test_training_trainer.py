@@ -113,6 +113,28 @@ def test_module_lr_scale_gives_a_module_its_own_multiple_of_the_schedule():
         TrainConfig(module_lr_scale={"output": 2}, strategy="fsdp")
 
 
+def test_module_lr_scale_trains_a_named_module_faster_and_refuses_unknown_names(tmp_path):
+    """Two 3-step runs from the same start, the output head's lr 10x in the second: it moves
+    about 10x as far (Adam's step scales with lr), the embeddings within the schedule's steps; a
+    name that is no module of the model is refused by name before any step."""
+    shards = make_shards(tmp_path / "shards")
+    base = dict(max_steps=3, lr=1e-3, min_lr=1e-3, warmup_steps=0, weight_decay=0.0)
+    train(tiny_cfg(shards, **base), tmp_path / "plain", progress=False)
+    train(tiny_cfg(shards, module_lr_scale={"output": 10}, **base), tmp_path / "scaled", progress=False)
+    _, plain = load_model_dir(tmp_path / "plain/model/gst", "gst")
+    _, scaled = load_model_dir(tmp_path / "scaled/model/gst", "gst")
+    # the output head starts at zero, so its weights are how far it moved
+    ratio = float(scaled["output.weight"].abs().sum() / plain["output.weight"].abs().sum())
+    assert 5.0 < ratio < 15.0
+    # the rest keeps the schedule's lr: 3 Adam steps of ~1e-3 each, where 10x would allow ~0.03
+    emb = "tok_embeddings.weight"
+    assert float((scaled[emb] - plain[emb]).abs().max()) < 0.015
+    with pytest.raises(ValueError, match=r"module_lr_scale names \['no_such_head'\]"):
+        train(tiny_cfg(shards, module_lr_scale={"no_such_head": 2.0}, **base), tmp_path / "bad",
+              progress=False)
+    assert not (tmp_path / "bad/train_log.csv").exists()
+
+
 def test_accumulation_equals_one_big_batch_and_export(tmp_path):
     """Same global batch with 1 or 4 micro-steps: same losses and weights (dropouts off)."""
     shards = make_shards(tmp_path / "shards")
