@@ -387,7 +387,6 @@ class GST(nn.Module):
             self.register_buffer("segment_ids", layout.segment_ids(), persistent=False)
         if config.aligned_observation:
             self.register_buffer("cell_ids", rows * config.grid[1] + cols, persistent=False)
-        self._has_aligned_inputs = config.aligned_observation or config.aligned_camera
         self.register_buffer("causal_mask", torch.ones(0, 0, dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
@@ -603,7 +602,7 @@ class GST(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         h = self.embed(idx)
-        if self._has_aligned_inputs:
+        if self.aligned_proj is not None or self.aligned_camera_proj is not None:
             h = h + self._aligned_terms(idx, input_pos)
         if self.seg_embeddings is not None:
             seg = self.segment_ids[:t] if input_pos is None else self.segment_ids[input_pos]
