@@ -356,6 +356,16 @@ def camera_contrast_loss(model, model_cfg: GSTConfig, tokens: dict, inp: torch.T
     return loss if enough else loss * 0.0
 
 
+def check_module_names(model: GST, names, setting: str) -> None:
+    """ValueError naming the entries of `names` (a config `setting`'s) that are not top-level
+    modules of `model`, with the list of those it has."""
+    children = {n for n, c in model.named_children() if c is not None}
+    unknown = sorted({str(m) for m in names} - children)
+    if unknown:
+        raise ValueError(f"{setting} names {unknown}, which are not modules of this GST "
+                         f"(it has {sorted(children)})")
+
+
 def freeze_for_training(model: GST, train_modules) -> list[str]:
     """Leave only the named top-level modules of `model` trainable (requires_grad); empty: train
     all. Returns the names of the trainable parameters. ValueError names a module the model
@@ -363,10 +373,7 @@ def freeze_for_training(model: GST, train_modules) -> list[str]:
     names = [str(m) for m in train_modules]
     if not names:
         return [n for n, _ in model.named_parameters()]
-    children = {n for n, c in model.named_children() if c is not None}
-    unknown = sorted(set(names) - children)
-    if unknown:
-        raise ValueError(f"train_modules {unknown} are not modules of this GST (it has {sorted(children)})")
+    check_module_names(model, names, "train_modules")
     trainable = []
     for name, p in model.named_parameters():
         p.requires_grad_(name.split(".")[0] in names)
@@ -734,11 +741,7 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             codebook_embedding_init(model, image_book, camera_book, seed=cfg.seed)
             _say(info, "code embeddings seeded from the tokenizers' codebooks")
     trainable = freeze_for_training(model, cfg.train_modules)
-    children = {n for n, c in model.named_children() if c is not None}
-    if set(cfg.module_lr_scale) - children:
-        unknown = sorted(set(cfg.module_lr_scale) - children)
-        raise ValueError(f"module_lr_scale names {unknown}, which are not modules of this GST "
-                         f"(it has {sorted(children)})")
+    check_module_names(model, cfg.module_lr_scale, "module_lr_scale")
     heads_only = bool(cfg.train_modules) and set(cfg.train_modules) <= set(READOUT_HEADS)
     prefix_len = 2 * model_cfg.layout.n + 1  # [o, task, first segment]: what the heads read
     if cfg.train_modules:
