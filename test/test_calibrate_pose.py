@@ -82,7 +82,7 @@ def test_calibrate_writes_what_the_engine_reads(tmp_path):
               "--no-progress", "--no-mirror"])
 
 
-def test_calibrate_from_images_through_the_engine(tmp_path):
+def test_calibrate_from_images_through_the_engine(tmp_path, capsys):
     """--root reads every ordered pair of each scene's views through GSTEngine.estimate_pose (the
     mirrored read-out included); its errors are those of the engine's estimates against the true
     relative cameras, and --write stores factors fitted for that read-out."""
@@ -119,3 +119,6 @@ def test_calibrate_from_images_through_the_engine(tmp_path):
     assert meta["split"] == "train" and meta["pose_mirror"] is True
     assert GSTEngine(EngineConfig(model_dir=str(model_dir), device="cpu")).pose_calibration == \
         pytest.approx(result["fitted"])
+    capsys.readouterr()
+    assert main(["--model", str(model_dir), "--root", str(tmp_path / "none"), "--split", "train"]) == 2
+    assert capsys.readouterr().err.startswith("calibrate_pose: dataset 'synthetic': root directory")

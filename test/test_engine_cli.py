@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -147,6 +148,61 @@ def test_errors_exit_cleanly(files, tmp_path, capsys):
     assert "fx,fy,cx,cy" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["view", files["obs"], "--out", "x.png"])  # neither --pose nor --orbit
+
+
+@pytest.mark.parametrize("out, message", [
+    ("noext", "no image format for the extension '(none)'"),
+    ("view.xyz", "no image format for the extension '.xyz'"),
+    (".", "is a directory: give an image file name"),
+])
+def test_view_refuses_an_output_it_cannot_write_before_sampling(files, tmp_path, capsys, out, message):
+    """A --out that no image can be written to is refused by name before the model is loaded (the
+    model here does not exist, so reaching it would give another error)."""
+    out = str(tmp_path / out)
+    none = str(tmp_path / "none")
+    assert main(["view", files["obs"], "--orbit", "20,0", "--out", out, "--model", none]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gst view: --out") and message in err and "Traceback" not in err
+
+
+def test_cli_input_errors_name_the_problem(files, tmp_path, capsys):
+    """Inputs a user gets wrong end in one line naming the problem and exit status 2: a tokenizer
+    backend that was never exported, a principal point outside the image, an existing file given
+    as the proposals' folder, a reconstruction written to a name without an image extension."""
+    assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "encoder.onnx is missing" in err and "gst export-onnx" in err
+    # the images are 80x60: a principal point at x = 1e9 belongs to no image of that size
+    assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--K=70,70,1e9,30"]) == 2
+    assert "principal point (1e+09, 30) lies outside the 80x60 image" in capsys.readouterr().err
+    assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--K=70,70,79.5,-0.5"]) == 0
+    capsys.readouterr()
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"x")
+    assert main(["propose", files["obs"], "-n", "1", "--out", str(taken), "--model", files["model"]]) == 2
+    assert "is a file: give a folder" in capsys.readouterr().err
+    tok = str(Path(files["model"]) / "image_tokenizer")
+    assert main(["reconstruct", files["obs"], "--tokenizer", tok, "--out", str(tmp_path / "r")]) == 2
+    assert "no image format" in capsys.readouterr().err
+    out = str(tmp_path / "r.png")
+    assert main(["reconstruct", files["obs"], "--tokenizer", str(tmp_path), "--out", out]) == 2  # not one
+    assert capsys.readouterr().err.startswith("gst reconstruct: ")
+
+
+def test_gst_reconstruct_writes_input_and_reconstruction(files, tmp_path, capsys):
+    """`gst reconstruct`: the centre-cropped input and its reconstruction side by side, at the
+    tokenizer's resolution, into a folder it creates; the printed PSNR is that of the two halves."""
+    from gst_ros.preprocess import psnr_uint8
+
+    tok = Path(files["model"]) / "image_tokenizer"
+    out = tmp_path / "new" / "folder" / "recon.png"
+    assert main(["reconstruct", files["obs"], "--tokenizer", str(tok), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    pair = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    s = pair.shape[0]
+    assert pair.shape == (s, 2 * s, 3)
+    psnr = float(printed.split("PSNR ")[1].split(" dB")[0])
+    assert psnr == pytest.approx(psnr_uint8(pair[:, :s], pair[:, s:]), abs=0.01)
 
 
 def test_console_entry_point_runs_in_a_subprocess(files):

@@ -103,22 +103,33 @@ def test_write_report_handles_baselines_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_cli_passes_the_guidance_scale(quick, tmp_path):
+def test_evaluate_cli_passes_the_guidance_scale(quick, tmp_path, capsys):
     """`--cfg-scale` reaches the engine: guided views differ from unguided ones drawn with the same
-    seed, and a scale the engine refuses is an error that names the setting."""
+    seed, and a scale the engine refuses is a one-line error that names the setting (exit 2), as
+    are a missing model, a missing data root, an unknown split and too many --views."""
     out, res = quick
     from training import evaluate
 
+    def run(scale, *extra, model=res["paths"]["model_dir"], root=out / "data", split="test_views:seen"):
+        return evaluate.main(["--model", model, "--root", str(root), "--split", split, "--views", "2",
+                              "--scenes", "2", "--methods", "identity", "--no-opencv", "--view-samples", "1",
+                              "--cfg-scale", str(scale), "--out", str(tmp_path / f"cfg{scale}"),
+                              "--no-progress", *extra])
+
     def views(scale):
-        run = tmp_path / f"cfg{scale}"
-        evaluate.main(["--model", res["paths"]["model_dir"], "--root", str(out / "data"), "--split",
-                       "test_views:seen", "--views", "2", "--scenes", "2", "--methods", "identity",
-                       "--no-opencv", "--view-samples", "1", "--cfg-scale", str(scale), "--out", str(run),
-                       "--no-progress"])
-        return [float(r["psnr"]) for r in csv.DictReader(open(run / "nvs.csv")) if r["method"] == "gst"]
+        assert run(scale) == 0
+        return [float(r["psnr"]) for r in csv.DictReader(open(tmp_path / f"cfg{scale}" / "nvs.csv"))
+                if r["method"] == "gst"]
 
     plain, guided = views(1.0), views(3.0)
     assert len(plain) == len(guided) == 2 and plain != guided
     assert views(1.0) == plain  # same seed, same scale: the same views
-    with pytest.raises(ValueError, match="cfg_scale"):
-        views(0.0)
+    capsys.readouterr()
+    for kw, extra, message in [({}, ["--cfg-scale", "0"], "cfg_scale must be > 0"),
+                               ({"model": str(tmp_path / "none")}, [], "does not exist"),
+                               ({"root": tmp_path / "none"}, [], "root directory"),
+                               ({"split": "bogus"}, [], "no split 'bogus'; the manifest has"),
+                               ({}, ["--views", "99"], "has 99 views (--views)")]:
+        assert run(1.0, *extra, **kw) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("evaluate: ") and message in err and "Traceback" not in err, err

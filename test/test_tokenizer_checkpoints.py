@@ -90,7 +90,7 @@ def test_truncated_and_bad_files(tmp_path, capsys):
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint"):
         read_foreign_checkpoint(bad)
-    assert gst_main(["convert-checkpoint", "--kind", "llamagen-vq", str(bad), str(tmp_path / "o")]) == 1
+    assert gst_main(["convert-checkpoint", "--kind", "llamagen-vq", str(bad), str(tmp_path / "o")]) == 2
     assert "truncated" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="does not exist"):
         read_foreign_checkpoint(tmp_path / "nope.pt")

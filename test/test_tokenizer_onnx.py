@@ -7,7 +7,7 @@ import torch
 
 from gst_ros.cli import main as gst_main
 from gst_ros.engine.onnx_tokenizer import OnnxVQ, export_onnx, load_tokenizer
-from gst_ros.models.io import save_model_dir
+from gst_ros.models.io import ModelFormatError, save_model_dir
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
 from gst_ros.models.vq import VQModel, preset
 
@@ -41,7 +41,7 @@ def test_load_tokenizer_backends_agree(tmp_path):
     torch.manual_seed(0)
     model = VQModel(preset("image-small")).eval()
     save_model_dir(tmp_path / "tok", "image_tokenizer", model.config, model.state_dict())
-    with pytest.raises(FileNotFoundError, match="gst export-onnx"):
+    with pytest.raises(ModelFormatError, match="encoder.onnx is missing.*gst export-onnx <tokenizer dir>"):
         load_tokenizer(tmp_path / "tok", backend="onnx")
     assert gst_main(["export-onnx", str(tmp_path / "tok")]) == 0
     t_torch = load_tokenizer(tmp_path / "tok", backend="torch")
@@ -74,3 +74,27 @@ def test_camera_tokenizer_on_onnx(tmp_path):
     w2c = np.stack([np.eye(4), look_at(np.array([0.8, 0.2, 0.1]), np.array([0.0, 0.0, 1.0]))])
     ids = tok.encode(K, w2c, 128)
     assert torch.equal(ids, CameraTokenizer(model).encode(K, w2c, 128))
+
+
+def test_export_onnx_of_a_model_directory_exports_both_tokenizers(tmp_path, capsys):
+    """`gst export-onnx <GST model dir>` exports its image and camera tokenizers, each beside its
+    weights, so that the engine's ONNX backend loads; --out (one folder) is refused for two, and
+    a directory that holds no tokenizer exits 2 with the reason."""
+    from engine_fixtures import make_tiny_model
+
+    from gst_ros.engine.engine import EngineConfig, GSTEngine
+
+    model = make_tiny_model(tmp_path)
+    with pytest.raises(ModelFormatError, match="gst export-onnx"):
+        GSTEngine(EngineConfig(model_dir=str(model), tokenizer_backend="onnx"))
+    assert gst_main(["export-onnx", str(model), "--out", str(tmp_path / "o")]) == 2
+    assert "two tokenizers" in capsys.readouterr().err
+    assert gst_main(["export-onnx", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("parity: 100.00% identical token ids") == 2
+    for part in ("image_tokenizer", "camera_tokenizer"):
+        assert all((model / part / "onnx" / f).is_file() for f in ("encoder.onnx", "decoder.onnx"))
+    engine = GSTEngine(EngineConfig(model_dir=str(model), tokenizer_backend="onnx"))
+    assert engine.image_tokenizer.__class__.__name__ == "ImageTokenizer"
+    assert gst_main(["export-onnx", str(tmp_path)]) == 2
+    assert "gst export-onnx:" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_kept_mean_is_the_engines_expected_view(tiny):
     np.testing.assert_array_equal(one, view.sample_views[better])
 
 
-def test_cli_writes_tables_that_agree_with_its_samples(tiny):
+def test_cli_writes_tables_that_agree_with_its_samples(tiny, capsys):
     root, data, model = tiny
     out = root / "out"
     assert main(["--model", str(model), "--root", str(data), "--views", "2", "--scenes", "2",
@@ -101,3 +101,8 @@ def test_cli_writes_tables_that_agree_with_its_samples(tiny):
     assert "best of k" in (out / "summary.md").read_text()
     with pytest.raises(SystemExit):
         main(["--model", str(model), "--root", str(data), "--k", "x", "--out", str(out)])
+    for model_dir, split, message in [(model.parent / "none", "test_views", "does not exist"),
+                                      (model, "bogus", "no split 'bogus'")]:
+        args = ["--model", str(model_dir), "--root", str(data), "--split", split, "--out", str(out)]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err

@@ -203,6 +203,17 @@ class EvalScene:
     other_w2c: np.ndarray | None = None      # (M,4,4), same world frame as w2c
 
 
+# what a missing or wrong model directory, data root or split raises (ModelNotFoundError and
+# ModelFormatError included; a dataset reader's unknown split is a KeyError): the command-line
+# tools that load a model and read a split print it as one line and exit 2
+INPUT_ERRORS = (FileNotFoundError, ValueError, KeyError)
+
+
+def input_error_message(e: Exception) -> str:
+    """One line for an INPUT_ERRORS error (a KeyError's message without its quotes)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None,
                        first: int = 0) -> list[EvalScene]:
     """The first `max_scenes` scenes from reader index `first` on with at least n_views views,
@@ -519,22 +530,28 @@ def main(argv=None) -> int:
     from training.datasets import build_dataset
 
     engine = None
-    if args.model:
-        from gst_ros.engine.engine import EngineConfig, GSTEngine
-
-        engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
-                                        pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
-                                        pose_mirror=not args.no_mirror,
-                                        temperature=args.temperature,
-                                        top_k=args.top_k, cfg_scale=args.cfg_scale))
+    specs = args.split or ["test_views:seen", "test_objects:unseen"]
     scenes = []
-    for spec in args.split or ["test_views:seen", "test_objects:unseen"]:
-        split, _, group = spec.partition(":")
-        reader = build_dataset(args.data, args.root, split)
-        scenes += scenes_from_reader(reader, group or split, args.views, args.scenes)
+    try:   # what the user named: the model, the data root, the splits
+        if args.model:
+            from gst_ros.engine.engine import EngineConfig, GSTEngine
+
+            engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed,
+                                            pose_estimate=args.pose_estimate, pose_symmetric=not args.one_way,
+                                            pose_mirror=not args.no_mirror,
+                                            temperature=args.temperature,
+                                            top_k=args.top_k, cfg_scale=args.cfg_scale))
+        for spec in specs:
+            split, _, group = spec.partition(":")
+            reader = build_dataset(args.data, args.root, split)
+            scenes += scenes_from_reader(reader, group or split, args.views, args.scenes)
+    except INPUT_ERRORS as e:
+        print(f"evaluate: {input_error_message(e)}", file=sys.stderr)
+        return 2
     if not scenes:
-        print("evaluate: no scene with enough views", file=sys.stderr)
-        return 1
+        print(f"evaluate: no scene of {', '.join(specs)} has {args.views} views (--views): lower --views, "
+              f"or give a split whose scenes keep more of their views", file=sys.stderr)
+        return 2
     if args.methods is None:
         methods = default_methods(engine)
     else:

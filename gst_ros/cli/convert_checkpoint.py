@@ -35,8 +35,8 @@ def run(args) -> int:
         foreign = read_foreign_checkpoint(args.input)
         state, config, report = convert_state_dict(args.kind, foreign)
     except (ModelFormatError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"gst convert-checkpoint: {e}", file=sys.stderr)
+        return 2
     if not args.quiet:
         for src, dst in report["mapped"]:
             print(f"mapped   {src} -> {dst} [{_shape(state, dst)}]")

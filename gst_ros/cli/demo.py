@@ -1,9 +1,14 @@
 """Run the demo: a simulated camera streams to gst_node (the shipped small model), which estimates
 each frame's pose against the first frame; the rotation error against the simulator's ground
-truth and the latency are printed live, then a summary. Writes frames.csv, candidates.png (the
-candidate views the node proposed) and summary.txt to --out. Needs the ROS 2 Python packages
+truth and the latency are printed live, then a summary; then it asks the node for the view from
+a camera it has seen (a goal at one of the last frames' true pose) and scores it. Writes
+frames.csv, candidates.png (the candidate views the node proposed), goal_view.png (reference |
+truth | expected view | most consistent sample | the view it was predicted from) and summary.txt
+to --out. Needs the ROS 2 Python packages
 (see docs/node.md); ROS stays on this machine (localhost discovery, private domain id)."""
 from __future__ import annotations
+
+import sys
 
 HELP = "simulated camera -> gst_node: live pose error, latency, candidate views"
 
@@ -25,7 +30,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.frames < 1 or not 0 <= args.candidates <= 16 or args.samples < 1 or args.rate <= 0:
-        print("gst demo: need --frames >= 1, --samples >= 1, --rate > 0 and 0 <= --candidates <= 16")
+        print("gst demo: need --frames >= 1, --samples >= 1, --rate > 0 and 0 <= --candidates <= 16",
+              file=sys.stderr)
         return 2
     from gst_ros.ros.demo import DemoConfig, run_demo  # imports the ROS client only now
 

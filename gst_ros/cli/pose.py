@@ -14,6 +14,8 @@ Prints the target camera's pose in the observation camera's frame:
 
 Intrinsics: `--K fx,fy,cx,cy` (pixels of the images as given, both images from that camera), or
 `--fov-deg F` (field of view across the image's shorter side), default 49.1 (GST's renders).
+A model with pose and centre heads (the shipped one) reads the pose from the two images alone,
+so K does not change its pose; it does for `--pose-estimate mean|mode` (docs/engine.md).
 """
 from __future__ import annotations
 
@@ -33,12 +35,12 @@ def parse_intrinsics(text: str) -> np.ndarray:
     try:
         fx, fy, cx, cy = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--K expects fx,fy,cx,cy (4 numbers), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected fx,fy,cx,cy (4 numbers), got {text!r}") from None
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     try:
         check_intrinsics(K, "--K")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError as e:   # argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--K: ")) from None
     return K
 
 

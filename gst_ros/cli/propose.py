@@ -54,6 +54,8 @@ def run(args) -> int:
     from gst_ros.preprocess import center_crop_resize, load_image
 
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a file: give a folder for the proposals")
         obs = load_image(args.observation)
         engine = engine_from_args(args)
         views = engine.propose_views(obs, n=args.n, K_obs=args.K)

@@ -17,36 +17,31 @@ HELP = "encode an image to tokens and decode it back; print PSNR and codebook us
 def add_arguments(parser):
     parser.add_argument("image", help="input image (PNG/JPEG/...; RGBA is composited on white)")
     parser.add_argument("--tokenizer", required=True, help="image tokenizer model directory")
-    parser.add_argument("--out", required=True, help="output PNG: input | reconstruction")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--out", required=True, help="output PNG: input | reconstruction (folders created)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="tokenizer backend (onnx: after `gst export-onnx` of the tokenizer)")
 
 
 def run(args) -> int:
     import numpy as np
-    from PIL import Image
 
+    from gst_ros.cli.view import check_image_out, save_png
     from gst_ros.engine.onnx_tokenizer import load_tokenizer
     from gst_ros.geometry import intrinsics_from_fov
-    from gst_ros.models.io import ModelFormatError
     from gst_ros.models.quantizer import codebook_usage
     from gst_ros.models.tokenizer import ImageTokenizer
-    from gst_ros.preprocess import (
-        ImageReadError,
-        center_crop_resize,
-        from_model_tensor,
-        load_image,
-        psnr_uint8,
-    )
+    from gst_ros.preprocess import center_crop_resize, from_model_tensor, load_image, psnr_uint8
 
     try:
+        check_image_out(args.out)
         rgb = load_image(args.image)
         tok = load_tokenizer(args.tokenizer, backend=args.backend)
-    except (ImageReadError, ModelFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as e:   # ImageReadError and ModelFormatError included
+        print(f"gst reconstruct: {e}", file=sys.stderr)
+        return 2
     if not isinstance(tok, ImageTokenizer):
-        print(f"error: {args.tokenizer} is not an image tokenizer", file=sys.stderr)
-        return 1
+        print(f"gst reconstruct: {args.tokenizer} is not an image tokenizer", file=sys.stderr)
+        return 2
     h, w = rgb.shape[:2]
     # the crop needs some intrinsics; they are not used here
     x, _ = center_crop_resize(rgb, intrinsics_from_fov(49.1, w, h), tok.resolution)
@@ -56,6 +51,5 @@ def run(args) -> int:
     print(f"{args.image}: {x.shape[1]}x{x.shape[0]} -> {ids.shape[1]}x{ids.shape[2]} tokens; "
           f"PSNR {psnr_uint8(x, y):.2f} dB; codebook used {100 * used:.2f}% "
           f"({int(ids.unique().numel())} of {tok.codebook_size} codes)")
-    Image.fromarray(np.concatenate([x, y], axis=1)).save(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {save_png(args.out, np.concatenate([x, y], axis=1))}")
     return 0

@@ -66,6 +66,23 @@ def pose_w2c(values) -> np.ndarray:
     return w2c_from_ros_camera_pose(values[:3], values[3:])
 
 
+def check_image_out(path, flag: str = "--out") -> Path:
+    """`path` as a Path, or ValueError naming `flag` unless an image can be written there: not an
+    existing directory, and an extension OpenCV writes (.png; also .jpg, .bmp, ...). Checked
+    before any model is loaded, so a bad name costs nothing."""
+    import cv2
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give an image file name, e.g. {path / 'view.png'}")
+    if not path.suffix or not cv2.haveImageWriter(str(path)):
+        raise ValueError(f"{flag} {path}: no image format for the extension {path.suffix or '(none)'!r}; "
+                         f"use .png")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: {path.parent} is a file, not a folder")
+    return path
+
+
 def save_png(path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 RGB image as PNG (parent folders created)."""
     import cv2
@@ -99,6 +116,7 @@ def run(args) -> int:
     from gst_ros.preprocess import load_image
 
     try:
+        check_image_out(args.out)
         w2c = pose_w2c(args.pose) if args.pose is not None else orbit_w2c(*args.orbit)
         obs = load_image(args.observation)
         engine = engine_from_args(args)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gst_ros.models.io import WEIGHTS_FILE, config_from_dict, load_model_dir
+from gst_ros.models.io import WEIGHTS_FILE, ModelFormatError, config_from_dict, load_model_dir
 from gst_ros.models.tokenizer import CAMERA_KIND, IMAGE_KIND, CameraTokenizer, ImageTokenizer, load_vq_model
 from gst_ros.models.vq import VQConfig, VQModel
 
@@ -102,7 +102,9 @@ class OnnxVQ:
         onnx_dir = Path(onnx_dir)
         for f in (ENCODER_FILE, DECODER_FILE):
             if not (onnx_dir / f).is_file():
-                raise FileNotFoundError(f"{onnx_dir / f} is missing: run `gst export-onnx <model dir>` first")
+                raise ModelFormatError(f"{onnx_dir / f} is missing: export the tokenizer to ONNX first "
+                                       f"(`gst export-onnx <tokenizer dir>`, or `gst export-onnx <GST model "
+                                       f"dir>` for both of a model's tokenizers)")
         self.config = config
         opts = ort.SessionOptions()
         if threads:

@@ -181,7 +181,8 @@ def write_dataset(root, cfg: RenderConfig, workers: int = 2, overwrite: bool = F
     root = Path(root)
     if (root / "manifest.json").exists() and not overwrite:
         raise FileExistsError(
-            f"{root} already holds a data set (manifest.json); pass overwrite to replace it")
+            f"{root} already holds a data set (manifest.json); pass overwrite=True "
+            f"(`gst render --overwrite`) to replace it")
     root.mkdir(parents=True, exist_ok=True)
     jobs, objects = _plan(cfg)
     args = [(root, cfg, job, objects) for job in jobs]
