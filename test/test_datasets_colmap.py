@@ -179,6 +179,14 @@ def test_corrupt_models_raise_clear_errors(models, tmp_path):
         read_model(tmp_path / "badq")
     with pytest.raises(ColmapFormatError, match="no COLMAP model"):
         read_model(tmp_path / "nothing_here")
+    # an images.txt written without the 2D-points line of each image: the error names the line
+    # that should have held image 1's points (after a comment) and says what the format asks
+    write_text_model(tmp_path / "onelines", images={1: ([1.0, 0, 0, 0], [0, 0, 0], 1, "a.png", [])})
+    (tmp_path / "onelines" / "images.txt").write_text(
+        "# one line per image\n1 1 0 0 0 0 0 0 1 a.png\n# b\n2 1 0 0 0 0 0 0 1 b.png\n")
+    with pytest.raises(ColmapFormatError, match=r"images.txt:4: 2D point line must hold triples .*\(the line "
+                                                r"after image 1's must be its 2D points, or empty"):
+        read_model(tmp_path / "onelines")
     write_binary_model(tmp_path / "orphan", images={1: ([1.0, 0, 0, 0], [0, 0, 0], 99, "x.jpg", [])})
     with pytest.raises(ColmapFormatError, match="missing camera 99"):
         read_model(tmp_path / "orphan")

@@ -12,7 +12,7 @@ import pytest
 from test_datasets_colmap import write_binary_model, write_text_model
 from transforms3d.quaternions import mat2quat
 
-from training.datasets import build_dataset, dataset_class, hash_split
+from training.datasets import build_dataset, dataset_class, hash_split, parse_split_fractions
 from training.datasets.co3d import CO3DDataset
 from training.datasets.mvimgnet import MVImgNetDataset
 from training.datasets.objaverse import ObjaverseDataset
@@ -98,6 +98,12 @@ def test_hash_split_deterministic_and_proportional():
     assert 0.87 < share["train"] < 0.93 and 0.03 < share["val"] < 0.07 and 0.03 < share["test"] < 0.07
     with pytest.raises(ValueError, match="sum to 1"):
         hash_split("x", {"train": 0.5})
+    # the command lines' --split-fractions
+    assert parse_split_fractions("train=0.8, val=0.1,test=0.1") == {"train": 0.8, "val": 0.1, "test": 0.1}
+    for bad, msg in [("train=0.8,val=0.1", "sum to 1"), ("train:1", "NAME=SHARE"), ("train=x", "NAME=SHARE"),
+                     ("=1", "NAME=SHARE")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_split_fractions(bad)
 
 
 # ----------------------------------------------------------------------------------- CO3D
@@ -247,6 +253,9 @@ def test_registry(tmp_path):
         build_dataset("kitti", tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_dataset("objaverse", tmp_path / "nope")
+    # a reader option the reader does not take is named (not a TypeError from its constructor)
+    with pytest.raises(ValueError, match=r"'re10k': its reader takes no option \['split_fractions'\]"):
+        build_dataset("re10k", tmp_path, "train", split_fractions=ALL_TRAIN)
     try:  # the synthetic reader belongs to the sim engineer; when present it is registered lazily
         cls = dataset_class("synthetic")
     except ValueError as e:

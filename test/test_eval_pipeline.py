@@ -133,3 +133,6 @@ def test_evaluate_cli_passes_the_guidance_scale(quick, tmp_path, capsys):
         assert run(1.0, *extra, **kw) == 2
         err = capsys.readouterr().err
         assert err.startswith("evaluate: ") and message in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit):   # own data: the synthetic renders' default splits do not apply
+        evaluate.main(["--data", "mvimgnet", "--root", str(out / "data"), "--out", str(tmp_path / "m")])
+    assert "--data mvimgnet needs --split" in capsys.readouterr().err

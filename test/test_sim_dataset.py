@@ -171,3 +171,16 @@ def test_mixed_pool_keeps_the_catalogue_split_of_textured(seed, fraction):
     n_random = len(object_pool("random"))
     assert sum(o not in catalogue for o in test_m) == max(1, round(n_random * fraction))
     assert not set(train_m) & set(test_m) and len(train_m) + len(test_m) == len(object_pool("mixed"))
+
+
+def test_importing_the_renderer_prints_no_pybullet_banner():
+    """pybullet writes its build time to stderr when imported; the renderer imports it with stderr
+    silenced, so `gst render --quiet`, its workers and the simulated camera print nothing of it.
+    A fresh interpreter: pybullet must not be imported yet."""
+    import subprocess
+    import sys
+
+    code = "import gst_ros.sim.renderer as r; print(r.p.isNumpyEnabled())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "build time" not in r.stderr + r.stdout and r.stdout.strip() in ("0", "1")

@@ -75,6 +75,9 @@ def test_usage_sweep_writes_a_table(tmp_path):
 def test_bad_config_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer training config fields"):
         load_config(None, learning_rate=1.0)
+    with pytest.raises(ValueError, match="tokenizer training config: steps must be an integer, got 'many'"):
+        load_config(None, steps="many")
+    assert load_config(None, data=None, init_from=None).init_from is None   # optional fields stay None
     with pytest.raises(ValueError, match="needs 6 input/output channels"):
         load_config(None, kind="camera", preset="image-small").vq_config()
 

@@ -72,6 +72,18 @@ def test_lr_schedule_and_config_checks():
     assert cfg.lr == 5e-4 and cfg.min_lr == 1e-5 and cfg.pose_aux_weight == 4.0
     with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
         TrainConfig(lr="fast")
+    # every field is checked against its type, so a --set typo in a value is refused by name
+    with pytest.raises(ValueError, match="train_gst config: batch_size must be an integer, got 'eight'"):
+        load_config(None, parse_set(["batch_size=eight"]))
+    with pytest.raises(ValueError, match="max_steps must be an integer, got 2.5"):
+        load_config(None, parse_set(["max_steps=2.5"]))
+    with pytest.raises(ValueError, match="tensorboard must be true or false, got 'maybe'"):
+        load_config(None, parse_set(["tensorboard=maybe"]))
+    with pytest.raises(ValueError, match="model_overrides must be a mapping, got 3"):
+        load_config(None, parse_set(["model_overrides=3"]))
+    cfg = load_config(None, parse_set(["max_steps=1e4", "shards=2024", "train_modules=[pose_head]"]))
+    assert cfg.max_steps == 10000 and isinstance(cfg.max_steps, int) and cfg.shards == "2024"
+    assert cfg.train_modules == ["pose_head"]
 
 
 def test_paper_recipe_config():
@@ -175,6 +187,32 @@ def test_training_lowers_loss_and_init_from_model_dir(tmp_path):
         train(tiny_cfg(shards, max_steps=1, init_from=str(tmp_path / "run1/model/gst"),
                        model_overrides={**TINY["model_overrides"], "dim": 32}),
               tmp_path / "r4", progress=False)
+
+
+def test_resume_refuses_other_settings_and_empty_validation(tmp_path, capsys):
+    """A run resumes only under the settings that wrote its checkpoint, except those that do not
+    change what a step computes (RESUME_MAY_CHANGE: max_steps, logging, device, ...); each other
+    difference is named. A resume with nothing left to train says so. Validation shards without a
+    pair are refused rather than logged as zero loss."""
+    shards = make_shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    assert train(tiny_cfg(shards, max_steps=2), run, progress=False)["step"] == 2
+    with pytest.raises(ValueError, match=r"other settings \(objective 'joint' -> 'alternating'; batch_size "
+                                         r"8 -> 4\).*--init-from .*run/model/gst"):
+        train(tiny_cfg(shards, max_steps=4, batch_size=4, objective="alternating"), run, progress=False)
+    other = make_shards(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="other settings \\(shards "):
+        train(tiny_cfg(other, max_steps=4), run, progress=False)
+    capsys.readouterr()
+    longer = train(tiny_cfg(shards, max_steps=4, log_every=2, val_every=2), run, progress=False)
+    assert longer["step"] == 4 and "resumed from" in capsys.readouterr().err
+    done = train(tiny_cfg(shards, max_steps=3), run, progress=False)
+    assert done["step"] == 4 and "nothing left to train" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    with ShardWriter(empty, (4, 4), 64, 32, pairs_per_shard=16):
+        pass
+    with pytest.raises(ValueError, match="validation shards .* hold no pairs"):
+        train(tiny_cfg(shards, max_steps=1, val_shards=str(empty)), tmp_path / "v", progress=False)
 
 
 @pytest.mark.slow

@@ -72,8 +72,10 @@ def save_training_state(path, step: int, modules: dict, optimizers: dict | None 
 
 
 def load_training_state(path, modules: dict, optimizers: dict | None = None,
-                        restore_rng: bool = True) -> tuple[int, dict]:
-    """Restore modules and optimizers (strict) and the RNG states; return (step, extra)."""
+                        restore_rng: bool = True, check_extra=None) -> tuple[int, dict]:
+    """Restore modules and optimizers (strict) and the RNG states; return (step, extra).
+    check_extra: called with the stored extra before anything is restored (to refuse a
+    checkpoint written under other settings with its own message)."""
     path = Path(path)
     if not path.is_file():
         raise TrainingCheckpointError(f"no training checkpoint at {path}")
@@ -84,6 +86,8 @@ def load_training_state(path, modules: dict, optimizers: dict | None = None,
     for key in ("step", "modules", "optimizers", "rng"):
         if key not in payload:
             raise TrainingCheckpointError(f"{path}: not a training checkpoint (no {key!r})")
+    if check_extra is not None:
+        check_extra(payload.get("extra", {}))
     for name, module in modules.items():
         if name not in payload["modules"]:
             raise TrainingCheckpointError(f"{path}: has no module {name!r} "

@@ -486,10 +486,14 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
 
 
 def main(argv=None) -> int:
+    from training.datasets import add_split_fractions_argument, build_dataset, reader_options
+
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GST model directory (omit to run only the baselines)")
-    ap.add_argument("--data", default="synthetic", help="dataset reader name (training.datasets)")
+    ap.add_argument("--data", default="synthetic", help="dataset reader name (training.datasets): synthetic "
+                                                        "(gst render), objaverse, co3d, re10k, mvimgnet")
+    add_split_fractions_argument(ap)
     ap.add_argument("--root", required=True)
     ap.add_argument("--split", action="append", default=None, metavar="SPLIT[:GROUP]",
                     help="split to evaluate, optionally labelled seen/unseen (repeatable); "
@@ -527,7 +531,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.views < 2:
         ap.error("--views must be >= 2")
-    from training.datasets import build_dataset
+    if args.data != "synthetic" and not args.split:
+        ap.error(f"--data {args.data} needs --split (e.g. test:unseen): the default splits, test_views and "
+                 f"test_objects, are those of the synthetic renders")
 
     engine = None
     specs = args.split or ["test_views:seen", "test_objects:unseen"]
@@ -543,7 +549,7 @@ def main(argv=None) -> int:
                                             top_k=args.top_k, cfg_scale=args.cfg_scale))
         for spec in specs:
             split, _, group = spec.partition(":")
-            reader = build_dataset(args.data, args.root, split)
+            reader = build_dataset(args.data, args.root, split, **reader_options(args))
             scenes += scenes_from_reader(reader, group or split, args.views, args.scenes)
     except INPUT_ERRORS as e:
         print(f"evaluate: {input_error_message(e)}", file=sys.stderr)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from gst_ros.geometry.errors import GeometryError
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
 from gst_ros.preprocess import center_crop_resize
-from training.datasets import build_dataset
+from training.datasets import add_split_fractions_argument, build_dataset, reader_options
 from training.datasets.pairs import PairDataset, pairwise_baseline_deg
 from training.token_shards import ShardWriter
 
@@ -128,8 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs-per-shard", type=int, default=4096)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-progress", action="store_true")
+    add_split_fractions_argument(ap)
     args = ap.parse_args(argv)
-    reader = build_dataset(args.data, args.root, args.split)
+    reader = build_dataset(args.data, args.root, args.split, **reader_options(args))
     itok = ImageTokenizer.from_dir(args.image_tokenizer, args.device)
     ctok = CameraTokenizer.from_dir(args.camera_tokenizer, args.device)
     meta = {"dataset": args.data, "root": str(Path(args.root).resolve()), "split": args.split,

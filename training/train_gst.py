@@ -67,6 +67,7 @@ from gst_ros.models.sequence import (
 from gst_ros.models.transformer import GST, GSTConfig, TransformerBlock, count_parameters, gst_config
 from training import distributed as D
 from training.checkpointing import load_training_state, save_training_state
+from training.config_fields import check_field_types, load_dataclass_config
 from training.logging_utils import CSVLogger
 from training.token_shards import TokenShardDataset, collate
 
@@ -133,14 +134,8 @@ class TrainConfig:
     tensorboard: bool = False            # also log to TensorBoard when it is installed
 
     def __post_init__(self):
+        check_field_types(self, "train_gst config")
         self.betas = tuple(float(b) for b in self.betas)
-        for f in dataclasses.fields(self):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, str):
-                try:
-                    setattr(self, f.name, float(value))
-                except ValueError:
-                    raise ValueError(f"train_gst config: {f.name} must be a number, got {value!r}") from None
         checks = [(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
                   (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}"),
                   (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
@@ -174,17 +169,7 @@ class TrainConfig:
 
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
     """TrainConfig from a YAML file (unknown keys are an error), then `overrides`."""
-    fields = {}
-    if path:
-        fields = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(fields, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
-    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - names)
-    if unknown:
-        raise ValueError(f"unknown train_gst config fields {unknown}")
-    return TrainConfig(**fields)
+    return load_dataclass_config(TrainConfig, path, overrides, "train_gst config")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -760,8 +745,12 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     ckpt = out / CHECKPOINT
     start = 0
     if ckpt.is_file():
-        start, _ = load_training_state(ckpt, views, opt_views)
+        same_run = lambda extra: check_resumable(extra.get("config"), cfg, ckpt)
+        start, _ = load_training_state(ckpt, views, opt_views, check_extra=same_run)
         _say(info, f"resumed from {ckpt} at step {start}")
+        if start >= cfg.max_steps:
+            _say(info, f"{ckpt} is at step {start} and max_steps is {cfg.max_steps}: nothing left to train "
+                       f"(raise max_steps, or --steps, to continue)")
     log = CSVLogger(out / LOG) if info.is_main else None
     if log is not None:
         log.truncate_after(start)
@@ -774,6 +763,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         except ImportError:
             _say(info, "tensorboard is not installed: logging to CSV only")
     val = TokenShardDataset(cfg.val_shards, siblings=True) if cfg.val_shards else None
+    if val is not None and len(val) == 0:   # its losses would be logged as 0: a perfect model
+        raise ValueError(f"the validation shards {cfg.val_shards} hold no pairs (an empty held-out split?): "
+                         f"give other val_shards, or none")
     _say(info, f"GST {count_parameters(model) / 1e6:.2f}M parameters, {len(data)} training pairs, "
                f"objective {cfg.objective}, global batch {cfg.batch_size} = {info.world_size} rank(s) x "
                f"{cfg.grad_accum} micro-steps, device {device}")
@@ -936,6 +928,33 @@ def _checkpoint(path: Path, step: int, views: dict, opt_views: dict, cfg: TrainC
     D.barrier(info)
 
 
+# settings a resumed run may change: how long it runs, what it logs, where and on what it runs;
+# not what each step computes
+RESUME_MAY_CHANGE = frozenset({
+    "max_steps", "log_every", "ckpt_every", "val_every", "val_batches", "val_shards", "export_every",
+    "num_workers", "tensorboard", "device", "strategy", "precision", "init_from", "init_kind",
+    "image_tokenizer", "camera_tokenizer"})
+
+
+def check_resumable(stored: dict | None, cfg: TrainConfig, ckpt: Path) -> None:
+    """ValueError listing every setting that differs between the run that wrote `ckpt` (its stored
+    config; None for a checkpoint from before configs were stored: not checked) and `cfg`, other
+    than RESUME_MAY_CHANGE: a resumed run must draw the same batches and take the same steps as
+    one that was never interrupted. The shards are compared as resolved paths. A longer max_steps
+    stretches the learning-rate schedule from the resumed step on."""
+    if not stored:
+        return
+    now = _jsonable(dataclasses.asdict(cfg))
+    same_path = lambda a, b: bool(a) == bool(b) and (not a or Path(a).resolve() == Path(b).resolve())
+    changed = [f"{k} {stored[k]!r} -> {v!r}" for k, v in now.items()
+               if k in stored and k not in RESUME_MAY_CHANGE
+               and not (same_path(stored[k], v) if k == "shards" else stored[k] == v)]
+    if changed:
+        raise ValueError(f"{ckpt} was written by a run with other settings ({'; '.join(changed)}): resume it "
+                         f"with the same ones, or train into a new --out (--init-from "
+                         f"{ckpt.parent / MODEL_DIR / 'gst'} starts from its weights under new settings)")
+
+
 def _jsonable(d: dict) -> dict:
     """Config values as plain str/int/float/bool/list (torch.load(weights_only=True) reads them)."""
     out = {}
@@ -982,7 +1001,8 @@ def main(argv=None) -> int:
         return 0
     res = train(cfg, args.out, progress=not args.no_progress)
     if "model_dir" in res:
-        print(f"step {res['step']}: loss {res['loss']:.4f}; model directory {res['model_dir']}")
+        loss = f"loss {res['loss']:.4f}; " if math.isfinite(res["loss"]) else ""
+        print(f"step {res['step']}: {loss}model directory {res['model_dir']}")
     return 0
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from gst_ros.geometry import intrinsics_from_fov, look_at, normalize_scene
@@ -45,6 +44,7 @@ from gst_ros.models.tokenizer import CAMERA_KIND, IMAGE_KIND, CameraTokenizer
 from gst_ros.models.vq import VQConfig, VQModel, preset
 from gst_ros.preprocess import center_crop_resize, from_model_tensor, to_model_tensor
 from training.checkpointing import load_training_state, save_training_state
+from training.config_fields import check_field_types, load_dataclass_config
 from training.logging_utils import CSVLogger, save_image_grid
 
 GST_FOV_DEG = 49.1  # the Zero-1-to-3 renders' vertical field of view
@@ -98,6 +98,7 @@ class TrainConfig:
     sweep_steps: int = 300
 
     def __post_init__(self):
+        check_field_types(self, "tokenizer training config")
         if self.kind not in ("image", "camera"):
             raise ValueError(f"kind must be 'image' or 'camera', got {self.kind!r}")
         self.betas = tuple(self.betas)
@@ -123,17 +124,7 @@ class TrainConfig:
 
 def load_config(path=None, **overrides) -> TrainConfig:
     """TrainConfig from a YAML file (unknown keys are an error), then keyword overrides."""
-    fields = {}
-    if path:
-        fields = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(fields, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - names)
-    if unknown:
-        raise ValueError(f"unknown tokenizer training config fields {unknown}")
-    return TrainConfig(**fields)
+    return load_dataclass_config(TrainConfig, path, overrides, "tokenizer training config")
 
 
 # ------------------------------------------------------------------ data

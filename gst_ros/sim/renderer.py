@@ -11,17 +11,39 @@ turns them into pybullet's matrices so the image is rendered by exactly that cam
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-import pybullet as p
 import pybullet_data
 
 from gst_ros.geometry import GeometryError, check_intrinsics, check_pose
 
 from .pybullet_camera import depth_from_buffer, projection_list_from_K, view_matrix_from_w2c
 from .scene import SceneSpec, object_urdf
+
+
+def _import_without_banner(name: str):
+    """Import module `name` with this process's standard error (file descriptor 2) sent to
+    /dev/null meanwhile: pybullet prints its build time from C when imported, into the output of
+    every command and render worker that uses it (`gst render --quiet` included). An import that
+    fails still raises its exception."""
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        return importlib.import_module(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+p = _import_without_banner("pybullet")
 
 DATA_DIR = pybullet_data.getDataPath()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -240,8 +241,44 @@ def dataset_class(name: str):
 
 
 def build_dataset(name: str, root, split: str = "train", **kw):
-    """Construct the reader `name` on `root` for `split`; extra keywords go to the reader."""
+    """Construct the reader `name` on `root` for `split`; extra keywords go to the reader
+    (ValueError naming any the reader does not take)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset {name!r}: root directory {root} does not exist")
-    return dataset_class(name)(root, split, **kw)
+    cls = dataset_class(name)
+    taken = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kw) - set(taken))
+    if unknown:
+        raise ValueError(f"dataset {name!r}: its reader takes no option {unknown}")
+    return cls(root, split, **kw)
+
+
+def parse_split_fractions(text: str) -> dict[str, float]:
+    """`train=0.8,val=0.1,test=0.1` (a command line's --split-fractions) -> the hash_split shares.
+    ValueError unless every item is NAME=SHARE, the shares >= 0 and summing to 1."""
+    out = {}
+    for item in text.split(","):
+        name, eq, share = item.partition("=")
+        try:
+            out[name.strip()] = float(share)
+        except ValueError:
+            eq = ""
+        if not eq or not name.strip():
+            raise ValueError(f"--split-fractions expects NAME=SHARE,... (e.g. train=0.8,val=0.1,test=0.1), "
+                             f"got {text!r}")
+    hash_split("", out)   # checks the shares
+    return out
+
+
+def add_split_fractions_argument(ap) -> None:
+    """--split-fractions for a command line that reads a split with build_dataset."""
+    ap.add_argument("--split-fractions", type=parse_split_fractions, default=None, metavar="NAME=SHARE,...",
+                    help="the hash split's shares for readers that split scenes by hash (objaverse "
+                         "without a split file, co3d without a set list, mvimgnet); default "
+                         "train=0.9,val=0.05,test=0.05")
+
+
+def reader_options(args) -> dict:
+    """build_dataset keywords from add_split_fractions_argument's option (none when not given)."""
+    return {} if args.split_fractions is None else {"split_fractions": args.split_fractions}

@@ -171,12 +171,15 @@ def read_images_text(path) -> dict[int, ColmapImage]:
         if len(q) != 4 or len(t) != 3 or not name:
             raise ColmapFormatError(f"{path}:{i}: image line needs ID QW QX QY QZ TX TY TZ CAMERA_ID NAME")
         ptok = pts.split()
+        j = lines[k - 1][0] if k - 1 < len(lines) else i + 1   # the points line's own line number
+        two_lines = (f" (the line after image {iid}'s must be its 2D points, or empty: images.txt holds two "
+                     f"lines per image)")
         if len(ptok) % 3:
-            raise ColmapFormatError(f"{path}:{i + 1}: 2D point line must hold triples X Y POINT3D_ID")
+            raise ColmapFormatError(f"{path}:{j}: 2D point line must hold triples X Y POINT3D_ID" + two_lines)
         try:
             arr = np.array([float(x) for x in ptok], dtype=np.float64).reshape(-1, 3)
         except ValueError as e:
-            raise ColmapFormatError(f"{path}:{i + 1}: malformed 2D points ({e})") from e
+            raise ColmapFormatError(f"{path}:{j}: malformed 2D points ({e})" + two_lines) from e
         images[iid] = ColmapImage(iid, q, t, cid, name, arr[:, :2].copy(), arr[:, 2].astype(np.int64))
     return images
 

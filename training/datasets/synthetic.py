@@ -34,7 +34,8 @@ class SyntheticDataset:
         mpath = self.root / "manifest.json"
         if not mpath.is_file():
             raise FileNotFoundError(
-                f"{self.root}: not a synthetic data set (no manifest.json); run `gst render`")
+                f"{self.root}: not a synthetic data set (no manifest.json): render one with `gst render`, "
+                f"or name the reader of your data's format (--data objaverse|co3d|re10k|mvimgnet)")
         try:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
