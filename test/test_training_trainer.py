@@ -213,6 +213,20 @@ def test_resume_refuses_other_settings_and_empty_validation(tmp_path, capsys):
         pass
     with pytest.raises(ValueError, match="validation shards .* hold no pairs"):
         train(tiny_cfg(shards, max_steps=1, val_shards=str(empty)), tmp_path / "v", progress=False)
+    # the command line prints each of these as one line and exits 2
+    from training.train_gst import main
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump({**TINY, "max_steps": 4}))
+    capsys.readouterr()
+    for extra, message in [(["--set", "batch_size=eight"], "batch_size must be an integer, got 'eight'"),
+                           (["--set", "seed=3"], "other settings (seed 0 -> 3)"),
+                           (["--val-shards", str(empty)], "hold no pairs")]:
+        assert main(["--config", str(cfg_path), "--out", str(run), "--shards", str(shards), "--no-progress",
+                     *extra]) == 2
+        err = capsys.readouterr().err
+        last = err.splitlines()[-1]
+        assert last.startswith("train_gst: ") and message in last and "Traceback" not in err, err
 
 
 @pytest.mark.slow

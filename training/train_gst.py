@@ -66,10 +66,10 @@ from gst_ros.models.sequence import (
 )
 from gst_ros.models.transformer import GST, GSTConfig, TransformerBlock, count_parameters, gst_config
 from training import distributed as D
-from training.checkpointing import load_training_state, save_training_state
+from training.checkpointing import TrainingCheckpointError, load_training_state, save_training_state
 from training.config_fields import check_field_types, load_dataclass_config
 from training.logging_utils import CSVLogger
-from training.token_shards import TokenShardDataset, collate
+from training.token_shards import ShardFormatError, TokenShardDataset, collate
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -167,9 +167,17 @@ class TrainConfig:
                 raise ValueError(f"train_gst config: {msg}")
 
 
+class TrainingInputError(ValueError):
+    """What a run was given does not fit: a config value, settings that differ from those its
+    checkpoint was written with, shards without a pair. The command line prints it as one line."""
+
+
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
     """TrainConfig from a YAML file (unknown keys are an error), then `overrides`."""
-    return load_dataclass_config(TrainConfig, path, overrides, "train_gst config")
+    try:
+        return load_dataclass_config(TrainConfig, path, overrides, "train_gst config")
+    except ValueError as e:
+        raise TrainingInputError(str(e)) from None
 
 
 def parse_set(items: list[str]) -> dict:
@@ -177,7 +185,7 @@ def parse_set(items: list[str]) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise ValueError(f"--set expects key=value, got {it!r}")
+            raise TrainingInputError(f"--set expects key=value, got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
@@ -458,7 +466,7 @@ class StepBatches(torch.utils.data.Sampler):
 
     def __init__(self, n: int, cfg: TrainConfig, info: D.DistInfo, start: int):
         if n < 1:
-            raise ValueError("the token shards hold no pairs")
+            raise TrainingInputError("the token shards hold no pairs")
         self.n, self.cfg, self.info, self.start = n, cfg, info, start
         self._perms: dict[int, np.ndarray] = {}
 
@@ -764,8 +772,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
             _say(info, "tensorboard is not installed: logging to CSV only")
     val = TokenShardDataset(cfg.val_shards, siblings=True) if cfg.val_shards else None
     if val is not None and len(val) == 0:   # its losses would be logged as 0: a perfect model
-        raise ValueError(f"the validation shards {cfg.val_shards} hold no pairs (an empty held-out split?): "
-                         f"give other val_shards, or none")
+        raise TrainingInputError(f"the validation shards {cfg.val_shards} hold no pairs (an empty held-out "
+                                 f"split?): give other val_shards, or none")
     _say(info, f"GST {count_parameters(model) / 1e6:.2f}M parameters, {len(data)} training pairs, "
                f"objective {cfg.objective}, global batch {cfg.batch_size} = {info.world_size} rank(s) x "
                f"{cfg.grad_accum} micro-steps, device {device}")
@@ -950,9 +958,10 @@ def check_resumable(stored: dict | None, cfg: TrainConfig, ckpt: Path) -> None:
                if k in stored and k not in RESUME_MAY_CHANGE
                and not (same_path(stored[k], v) if k == "shards" else stored[k] == v)]
     if changed:
-        raise ValueError(f"{ckpt} was written by a run with other settings ({'; '.join(changed)}): resume it "
-                         f"with the same ones, or train into a new --out (--init-from "
-                         f"{ckpt.parent / MODEL_DIR / 'gst'} starts from its weights under new settings)")
+        raise TrainingInputError(f"{ckpt} was written by a run with other settings ({'; '.join(changed)}): "
+                                 f"resume it with the same ones, or train into a new --out (--init-from "
+                                 f"{ckpt.parent / MODEL_DIR / 'gst'} starts from its weights under new "
+                                 f"settings)")
 
 
 def _jsonable(d: dict) -> dict:
@@ -993,13 +1002,17 @@ def main(argv=None) -> int:
                     help="export out/model from the checkpoint and exit")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    over = {"shards": args.shards, "val_shards": args.val_shards, "max_steps": args.steps,
-            "init_from": args.init_from, **parse_set(args.set)}
-    cfg = load_config(args.config, over)
-    if args.export_only:
-        print(export_from_checkpoint(cfg, args.out))
-        return 0
-    res = train(cfg, args.out, progress=not args.no_progress)
+    try:
+        over = {"shards": args.shards, "val_shards": args.val_shards, "max_steps": args.steps,
+                "init_from": args.init_from, **parse_set(args.set)}
+        cfg = load_config(args.config, over)
+        if args.export_only:
+            print(export_from_checkpoint(cfg, args.out))
+            return 0
+        res = train(cfg, args.out, progress=not args.no_progress)
+    except (TrainingInputError, ShardFormatError, TrainingCheckpointError, OSError) as e:
+        print(f"train_gst: {e}", file=sys.stderr)
+        return 2
     if "model_dir" in res:
         loss = f"loss {res['loss']:.4f}; " if math.isfinite(res["loss"]) else ""
         print(f"step {res['step']}: {loss}model directory {res['model_dir']}")

@@ -471,7 +471,11 @@ def main(argv=None) -> int:
     ap.add_argument("--usage-sweep", action="store_true", help="codebook usage over cfg.sweep (camera)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, data=args.data, out=args.out, steps=args.steps)
+    try:
+        cfg = load_config(args.config, data=args.data, out=args.out, steps=args.steps)
+    except (ValueError, OSError) as e:   # a config file that is missing, not a mapping, or wrong
+        print(f"train_tokenizer: {e}", file=sys.stderr)
+        return 2
     if args.usage_sweep:
         usage_sweep(cfg, progress=not args.no_progress)
         return 0
