@@ -276,7 +276,9 @@ def test_bad_messages_are_counted_and_never_stop_the_node(running):
     probe.spin_until(step, 60, proc, f"diagnostics counting {sorted(want)}")
     assert proc.poll() is None
     d = _latest_diag(rec, "camera cam0")
-    assert d["rejected"] >= len(want) and d["_level"] != 0 and d["last_problem"]
+    # camera_info messages are counted apart from frames, so that the frames add up
+    assert d["camera_info_rejected"] >= 1 and d["rejected"] >= len(want) - 1
+    assert d["_level"] != 0 and d["last_problem"]
     # the keyframe tracker's counts are there (how many keyframes, estimates chained through one)
     assert d["keyframes"] >= 0 and 0 <= d["chained"] <= d["processed"]
     # still estimating after the bad input
@@ -343,6 +345,65 @@ def test_lifecycle_services(model_dir, tmp_path):
     finally:
         probe.close()
         stop_process(proc)
+
+
+def test_uncalibrated_camera_info_uses_the_default_fov_and_every_frame_is_counted(model_dir, tmp_path):
+    """A driver of an uncalibrated camera publishes camera_info with an all-zero K (the ROS
+    convention): the node says so, takes the reference and estimates with default_fov_deg
+    instead of waiting for a K that never comes; the camera's diagnostics add up (received =
+    processed + dropped + rejected + errors, give or take the frame in flight), frames before the
+    reference counted as dropped_no_reference, the camera_info rejected nowhere."""
+    params = write_params(tmp_path / "p.yaml", {**BASE_PARAMS, "model_dir": str(model_dir),
+                                                "candidate_count": 0, "cameras": ["uc_cam"],
+                                                "estimated_frames": [""]})
+    proc = start_node(params, ["-r", "__node:=gst_uc"], log_path=tmp_path / "node.log")
+    probe = Probe("gst_test_uncalibrated")
+    try:
+        tf = probe.record(TFMessage, "/tf", 100)
+        diag = probe.record(DiagnosticArray, "/diagnostics")
+        img = probe.publisher(Image, "uc_cam/image_raw")
+        info = probe.publisher(CameraInfo, "uc_cam/camera_info")
+        probe.wait_matched(img, timeout=60, proc=proc)
+        probe.wait_matched(info, timeout=60, proc=proc)
+        zero = K_to_camera_info(K0, W, H, frame_id="uc_cam_optical")
+        zero.k = [0.0] * 9
+
+        def step():
+            if len(_transforms(tf, "uc_cam_estimated")) >= 2:
+                return True
+            info.publish(zero)
+            img.publish(numpy_to_image(rgb_image(H, W), frame_id="uc_cam_optical"))
+            for _ in range(5):
+                probe.executor.spin_once(timeout_sec=0.05)
+            return False
+
+        probe.spin_until(step, 90, proc, "poses from a camera whose camera_info has an all-zero K")
+
+        def counted():
+            for _ in range(5):
+                probe.executor.spin_once(timeout_sec=0.05)
+            if not diag:
+                return False
+            d = diagnostics_values(diag[-1], "camera uc_cam")
+            accounted = d["processed"] + d["dropped"] + d["rejected"] + d["errors"]
+            return d["processed"] >= 2 and d["received"] - 1 <= accounted <= d["received"]
+
+        probe.spin_until(counted, 30, proc, "diagnostics in which every frame is accounted for")
+        d = diagnostics_values(diag[-1], "camera uc_cam")
+        assert d["camera_info_rejected"] == 0 and d["rejected"] == 0 and "dropped_no_reference" in d
+    finally:
+        probe.close()
+        stop_process(proc)
+    assert "all-zero K (an uncalibrated camera): using default_fov_deg" in (tmp_path / "node.log").read_text()
+
+
+def test_a_bad_start_up_parameter_is_one_fatal_line(model_dir, tmp_path):
+    params = write_params(tmp_path / "p.yaml", {**BASE_PARAMS, "model_dir": str(model_dir),
+                                                "translation_scale": -1.0})
+    proc = start_node(params, ["-r", "__node:=gst_badparam"], log_path=tmp_path / "node.log")
+    assert proc.wait(timeout=120) == 2
+    text = (tmp_path / "node.log").read_text()
+    assert "bad parameter" in text and "translation_scale" in text and "Traceback" not in text
 
 
 def test_missing_model_fails_configure_with_a_clear_message(tmp_path):

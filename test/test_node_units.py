@@ -197,6 +197,36 @@ def test_stream_stats_count_chained_estimates_and_keyframes():
     assert (snap["chained"], snap["keyframes"]) == (2, 3)
 
 
+def test_stream_stats_frames_add_up_and_camera_info_is_counted_apart():
+    """Every received frame lands in exactly one of processed / dropped (replaced, stale,
+    no_reference) / rejected / errors; a rejected camera_info is not a frame and is counted apart,
+    yet still turns the stream's status to WARN."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from gst_ros.ros.diagnostics import StreamStats, stream_status
+
+    s = StreamStats("camera cam0")
+    for _ in range(7):
+        s.on_received()
+    for reason in ("replaced", "stale", "no_reference", "no_reference"):
+        s.on_dropped(reason)
+    s.on_rejected("encoding", "image: unsupported encoding 'yuv420'")
+    s.on_processed(0.1, 0.01)
+    s.on_error("RuntimeError: boom")
+    s.on_rejected("camera_info", "camera_info: K: contains NaN or inf", camera_info=True)
+    snap = s.snapshot()
+    counts = [snap[k] for k in ("dropped", "dropped_no_reference", "rejected", "camera_info_rejected")]
+    assert counts == [4, 2, 1, 1]
+    assert snap["received"] == snap["processed"] + snap["dropped"] + snap["rejected"] + snap["errors"]
+    assert snap["rejected_camera_info"] == 1 and snap["rejected_encoding"] == 1
+    with pytest.raises(ValueError, match="unknown drop reason"):
+        s.on_dropped("late")
+    only_info = StreamStats("camera cam1")
+    only_info.on_received()
+    only_info.on_rejected("camera_info", "camera_info: K: contains NaN or inf", camera_info=True)
+    assert stream_status("gst", only_info, expect_input=True).level == DiagnosticStatus.WARN
+
+
 def test_workers_asked_to_stop_together_discard_waiting_items():
     """The node asks every worker to stop before it waits for any (one shared deadline): a
     worker asked to stop finishes the item in hand, drops what waits, and joins."""

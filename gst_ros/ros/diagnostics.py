@@ -2,10 +2,14 @@
 
 One StreamStats per input stream (each camera, the reference topic, the goal topic). Counts:
 - received: messages that arrived;
-- rejected: bad messages (unsupported encoding, step/size mismatch, empty data, NaN or zero K,
-  oversized image, ...), per problem kind;
-- dropped: good frames never estimated: replaced in the one-slot mailbox by a newer frame, or
-  older than max_frame_age_s when the worker reached them (stale);
+- rejected: bad messages (unsupported encoding, step/size mismatch, empty data, oversized image,
+  a K the engine refuses, ...), per problem kind; a camera's rejected camera_info messages (NaN
+  K, ...) are counted apart (camera_info_rejected), as they are not frames;
+- dropped: good frames never estimated: replaced in the one-slot mailbox by a newer frame, older
+  than max_frame_age_s when the worker reached them (stale), or arrived while the node had no
+  reference view to estimate them against (no_reference);
+So every frame is accounted for: received = processed + dropped + rejected + errors (+ the one
+in flight).
 - processed: frames that produced an estimate; latency (receipt -> published) and the node's own
   overhead (latency minus inference) over the last WINDOW frames.
 Updated from the executor and the worker threads (poses; goal and candidate views): every method
@@ -31,7 +35,9 @@ class StreamStats:
         self.processed = 0
         self.dropped_replaced = 0
         self.dropped_stale = 0
-        self.rejected: Counter[str] = Counter()
+        self.dropped_no_reference = 0
+        self.rejected: Counter[str] = Counter()       # frames (or goal / reference messages)
+        self.rejected_info: Counter[str] = Counter()  # camera_info messages of the stream
         self.errors = 0                 # inference / publishing failures
         self.chained = 0                # estimates chained through a keyframe (KeyframeTracker)
         self.keyframes = 0              # the camera's keyframes now
@@ -45,9 +51,11 @@ class StreamStats:
             self.received += 1
             self._arrivals.append(time.monotonic() if now is None else now)
 
-    def on_rejected(self, kind: str, problem: str) -> None:
+    def on_rejected(self, kind: str, problem: str, camera_info: bool = False) -> None:
+        """A rejected message of this stream; camera_info: one of its camera_info messages, not a
+        frame (counted apart, so that frames add up)."""
         with self._lock:
-            self.rejected[kind] += 1
+            (self.rejected_info if camera_info else self.rejected)[kind] += 1
             self.last_problem = problem
 
     def on_error(self, problem: str) -> None:
@@ -55,12 +63,18 @@ class StreamStats:
             self.errors += 1
             self.last_problem = problem
 
-    def on_dropped(self, stale: bool) -> None:
+    def on_dropped(self, reason: str) -> None:
+        """A good frame never estimated: "replaced" (by a newer one in the mailbox), "stale"
+        (older than max_frame_age_s) or "no_reference" (no reference view to estimate it against)."""
         with self._lock:
-            if stale:
+            if reason == "stale":
                 self.dropped_stale += 1
-            else:
+            elif reason == "no_reference":
+                self.dropped_no_reference += 1
+            elif reason == "replaced":
                 self.dropped_replaced += 1
+            else:
+                raise ValueError(f"unknown drop reason {reason!r}")
 
     def on_processed(self, latency_s: float, overhead_s: float) -> None:
         with self._lock:
@@ -77,7 +91,7 @@ class StreamStats:
 
     @property
     def dropped(self) -> int:
-        return self.dropped_replaced + self.dropped_stale
+        return self.dropped_replaced + self.dropped_stale + self.dropped_no_reference
 
     @property
     def rejected_total(self) -> int:
@@ -98,16 +112,18 @@ class StreamStats:
             ovh = np.array(self._overhead) if self._overhead else np.zeros(0)
             out = {
                 "received": self.received, "processed": self.processed,
-                "dropped": self.dropped_replaced + self.dropped_stale,
+                "dropped": self.dropped_replaced + self.dropped_stale + self.dropped_no_reference,
                 "dropped_replaced": self.dropped_replaced, "dropped_stale": self.dropped_stale,
+                "dropped_no_reference": self.dropped_no_reference,
                 "rejected": sum(self.rejected.values()), "errors": self.errors,
+                "camera_info_rejected": sum(self.rejected_info.values()),
                 "chained": self.chained, "keyframes": self.keyframes,
                 "latency_ms_mean": float(lat.mean() * 1e3) if lat.size else 0.0,
                 "latency_ms_p95": float(np.percentile(lat, 95) * 1e3) if lat.size else 0.0,
                 "overhead_ms_mean": float(ovh.mean() * 1e3) if ovh.size else 0.0,
                 "last_problem": self.last_problem,
             }
-            out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
+            out.update({f"rejected_{k}": v for k, v in sorted((self.rejected + self.rejected_info).items())})
         out["input_rate_hz"] = self.rate_hz()
         return out
 
@@ -124,7 +140,7 @@ def stream_status(node_name: str, stats: StreamStats, expect_input: bool) -> Dia
     level, message = DiagnosticStatus.OK, "ok"
     if expect_input and snap["received"] == 0:
         level, message = DiagnosticStatus.WARN, "no input yet"
-    elif snap["rejected"] or snap["errors"]:
+    elif snap["rejected"] or snap["camera_info_rejected"] or snap["errors"]:
         level, message = DiagnosticStatus.WARN, f"bad input or failures: {snap['last_problem']}"
     st = DiagnosticStatus(level=level, name=f"{node_name}: {stats.name}", message=message,
                           hardware_id=node_name)

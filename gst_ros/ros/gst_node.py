@@ -38,6 +38,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -372,10 +373,13 @@ class GSTNode(LifecycleNode):
     def _reject(self, stream: str, what: str, e: Exception, kind: str | None = None) -> None:
         text = f"{what}: {e}"
         kind = kind or classify_problem(str(e))
-        self.stats[stream].on_rejected(kind, text)
+        self.stats[stream].on_rejected(kind, text, camera_info=kind == "camera_info")
         self._log_throttled(f"{stream}/{kind}", f"[{stream}] rejected {text}")
 
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        if self._uncalibrated(camera, msg):
+            self._camera_K[camera] = (None, None)
+            return
         try:
             K = camera_info_to_K(msg)
         except ConversionError as e:
@@ -400,7 +404,7 @@ class GSTNode(LifecycleNode):
         if rgb is None:
             return
         K = None
-        if self.p("use_camera_info") and camera in self._camera_K:
+        if self.p("use_camera_info") and self._camera_K.get(camera, (None,))[0] is not None:
             K_info, (w, h) = self._camera_K[camera]
             if (w, h) != (rgb.shape[1], rgb.shape[0]):
                 self._reject(camera, "image", ConversionError(
@@ -414,14 +418,16 @@ class GSTNode(LifecycleNode):
         if self._reference is None:
             if camera == self.reference_camera and self.p("reference_from_first_frame"):
                 if K is None and self._camera_info_expected(camera):
-                    return   # a camera_info publisher exists: wait for its K before taking the reference
+                    stats.on_dropped("no_reference")   # wait for the camera_info's K, then take the reference
+                    return
                 self._set_reference(rgb, K, f"first frame of {camera}", msg.header.stamp, msg.header.frame_id)
             else:
+                stats.on_dropped("no_reference")
                 self._log_throttled(f"{camera}/noref", f"[{camera}] no reference view yet: publish one on "
                                     f"{self.p('reference_topic')} or call gst/set_reference", "warn")
                 return
         if self._worker is not None and self._worker.put(("camera", camera), frame):
-            stats.on_dropped(stale=False)
+            stats.on_dropped("replaced")
 
     def _camera_info_expected(self, camera: str) -> bool:
         """True while use_camera_info is on, no K has arrived for `camera` and a camera_info
@@ -430,7 +436,21 @@ class GSTNode(LifecycleNode):
             return False
         return self.count_publishers(f"{camera}/{self.p('camera_info_topic')}") > 0
 
+    def _uncalibrated(self, stream: str, msg: CameraInfo) -> bool:
+        """True for a camera_info whose K is all zeros, the ROS convention for an uncalibrated
+        camera: its frames then use default_fov_deg (said once per log_throttle_s), as when no
+        camera_info is published, until a calibrated camera_info arrives."""
+        if any(float(v) for v in msg.k):
+            return False
+        self._log_throttled(f"{stream}/uncalibrated", (
+            f"[{stream}] camera_info has an all-zero K (an uncalibrated camera): using default_fov_deg "
+            f"({float(self.p('default_fov_deg')):g} deg) until a calibrated camera_info arrives"), "warn")
+        return True
+
     def _on_reference_info(self, msg: CameraInfo) -> None:
+        if self._uncalibrated("reference", msg):
+            self._ref_K = self._ref_K_size = None
+            return
         try:
             self._ref_K = camera_info_to_K(msg)
             self._ref_K_size = camera_info_image_size(msg)
@@ -477,7 +497,7 @@ class GSTNode(LifecycleNode):
     def _request_candidates(self) -> None:
         if self.candidate_count > 0 and self._view_worker is not None and self._reference is not None:
             if self._view_worker.put("candidates", time.monotonic()):
-                self.stats["candidates"].on_dropped(stale=False)
+                self.stats["candidates"].on_dropped("replaced")
 
     def _on_goal(self, msg: PoseStamped) -> None:
         stats = self.stats["goal"]
@@ -497,7 +517,7 @@ class GSTNode(LifecycleNode):
             return
         worker = self._view_worker
         if worker is not None and worker.put("goal", (msg.header.stamp, w2c, time.monotonic())):
-            stats.on_dropped(stale=False)
+            stats.on_dropped("replaced")
 
     # ------------------------------------------------------------------------------------
     # worker threads (the pose worker; goal and candidates on the view worker): inference and publishing
@@ -532,7 +552,7 @@ class GSTNode(LifecycleNode):
         stats = self.stats[frame.camera]
         max_age = float(self.p("max_frame_age_s"))
         if max_age > 0 and time.monotonic() - frame.received > max_age:
-            stats.on_dropped(stale=True)
+            stats.on_dropped("stale")
             return
         tracker = self._tracker(frame.camera, ref)
         est = tracker.estimate(frame.image, frame.K, samples=int(self.p("pose_samples")))
@@ -662,7 +682,12 @@ class GSTNode(LifecycleNode):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    node = GSTNode()
+    try:
+        node = GSTNode()
+    except ParameterException as e:   # a start-up value out of range or of the wrong type
+        print(f"[FATAL] [gst_node]: bad parameter: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
