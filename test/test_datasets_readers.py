@@ -101,7 +101,7 @@ def test_hash_split_deterministic_and_proportional():
     # the command lines' --split-fractions
     assert parse_split_fractions("train=0.8, val=0.1,test=0.1") == {"train": 0.8, "val": 0.1, "test": 0.1}
     for bad, msg in [("train=0.8,val=0.1", "sum to 1"), ("train:1", "NAME=SHARE"), ("train=x", "NAME=SHARE"),
-                     ("=1", "NAME=SHARE")]:
+                     ("=1", "NAME=SHARE"), ("train=nan,val=1", "sum to 1")]:
         with pytest.raises(ValueError, match=msg):
             parse_split_fractions(bad)
 

@@ -174,8 +174,9 @@ def test_cli_input_errors_name_the_problem(files, tmp_path, capsys):
     assert "encoder.onnx is missing" in err and "gst export-onnx" in err
     # the images are 80x60: a principal point at x = 1e9 belongs to no image of that size
     assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--K=70,70,1e9,30"]) == 2
-    assert "principal point (1e+09, 30) lies outside the 80x60 image" in capsys.readouterr().err
-    assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--K=70,70,79.5,-0.5"]) == 0
+    assert "principal point (1e+09, 30) lies far outside the 80x60 image" in capsys.readouterr().err
+    # off the image but within its size of it, as an ROI crop away from the optical centre gives: used
+    assert main(["pose", files["obs"], files["tgt"], "--model", files["model"], "--K=70,70,-75,110"]) == 0
     capsys.readouterr()
     taken = tmp_path / "taken.png"
     taken.write_bytes(b"x")

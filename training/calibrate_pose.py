@@ -60,7 +60,7 @@ from gst_ros.engine.generation import pose_readout
 from gst_ros.geometry import invert_pose, so3_log
 from gst_ros.geometry.conventions import camera_center
 from gst_ros.models.transformer import HeadReadout
-from training.evaluate import INPUT_ERRORS, input_error_message, normalized_cameras, scenes_from_reader
+from training.evaluate import normalized_cameras, scenes_from_reader
 from training.logging_utils import pyplot, save_figure
 from training.token_shards import TokenShardDataset, collate
 
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     if args.shards and not args.no_mirror:
         ap.error("token pairs cannot be mirrored: calibrate from images (--root) or read without the "
                  "mirrored pair (--no-mirror, EngineConfig.pose_mirror=False)")
-    from training.datasets import build_dataset
+    from training.datasets import INPUT_ERRORS, build_dataset
 
     try:
         engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device,
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
         data = TokenShardDataset(args.shards) if args.shards else None
         reader = None if args.shards else build_dataset(args.data, args.root, args.split)
     except INPUT_ERRORS as e:
-        print(f"calibrate_pose: {input_error_message(e)}", file=sys.stderr)
+        print(f"calibrate_pose: {e}", file=sys.stderr)
         return 2
     if args.shards:
         try:

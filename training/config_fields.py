@@ -59,21 +59,39 @@ _CHECKS = {"int": (_as_int, "an integer"), "float": (_as_float, "a number"),
 
 def check_field_types(cfg, what: str) -> None:
     """Check (and where harmless convert) every field of the dataclass instance `cfg` against its
-    annotation: int, float, bool, str, dict, list, tuple[...] (a list or tuple), each optionally
-    `| None`. ValueError naming `what`, the field, what it must be and the value given. Fields
-    with other annotations are left to the config's own checks."""
+    annotation: int, float, bool, str, dict, list, and tuple[...] of those (a list or tuple of
+    that length, each item checked), each optionally `| None`. A field that is not optional and
+    is given None (a key left blank in a YAML file) takes its default. ValueError naming `what`,
+    the field, what it must be and the value given. Fields with other annotations are left to
+    the config's own checks."""
     for f in dataclasses.fields(cfg):
         value, kind = getattr(cfg, f.name), str(f.type).replace(" ", "")
-        if kind.endswith("|None"):
-            if value is None:
+        optional = kind.endswith("|None")
+        kind = kind[: -len("|None")] if optional else kind
+        if value is None:
+            if optional:
                 continue
-            kind = kind[: -len("|None")]
-        if kind.startswith("tuple["):
-            check, wanted = _of((list, tuple)), "a list"
-        elif kind in _CHECKS:
-            check, wanted = _CHECKS[kind]
-        else:
+            if f.default is not dataclasses.MISSING:
+                setattr(cfg, f.name, f.default)
+                continue
+            if f.default_factory is not dataclasses.MISSING:
+                setattr(cfg, f.name, f.default_factory())
+                continue
+        if kind.startswith("tuple[") and kind.endswith("]"):
+            items = kind[len("tuple["):-1].split(",")
+            if not all(t in _CHECKS for t in items):
+                continue
+            wanted = f"a list of {len(items)} ({', '.join(_CHECKS[t][1] for t in items)})"
+            try:
+                if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                    raise ValueError
+                setattr(cfg, f.name, tuple(_CHECKS[t][0](v) for t, v in zip(items, value)))
+            except (TypeError, ValueError):
+                raise ValueError(f"{what}: {f.name} must be {wanted}, got {value!r}") from None
             continue
+        if kind not in _CHECKS:
+            continue
+        check, wanted = _CHECKS[kind]
         try:
             setattr(cfg, f.name, check(value))
         except (TypeError, ValueError):

@@ -203,17 +203,6 @@ class EvalScene:
     other_w2c: np.ndarray | None = None      # (M,4,4), same world frame as w2c
 
 
-# what a missing or wrong model directory, data root or split raises (ModelNotFoundError and
-# ModelFormatError included; a dataset reader's unknown split is a KeyError): the command-line
-# tools that load a model and read a split print it as one line and exit 2
-INPUT_ERRORS = (FileNotFoundError, ValueError, KeyError)
-
-
-def input_error_message(e: Exception) -> str:
-    """One line for an INPUT_ERRORS error (a KeyError's message without its quotes)."""
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-
-
 def scenes_from_reader(reader, group: str, n_views: int, max_scenes: int | None = None,
                        first: int = 0) -> list[EvalScene]:
     """The first `max_scenes` scenes from reader index `first` on with at least n_views views,
@@ -486,7 +475,7 @@ def write_report(results: dict, out, title: str = "GST evaluation", max_grid_row
 
 
 def main(argv=None) -> int:
-    from training.datasets import add_split_fractions_argument, build_dataset, reader_options
+    from training.datasets import INPUT_ERRORS, add_split_fractions_argument, build_dataset, reader_options
 
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -552,7 +541,7 @@ def main(argv=None) -> int:
             reader = build_dataset(args.data, args.root, split, **reader_options(args))
             scenes += scenes_from_reader(reader, group or split, args.views, args.scenes)
     except INPUT_ERRORS as e:
-        print(f"evaluate: {input_error_message(e)}", file=sys.stderr)
+        print(f"evaluate: {e}", file=sys.stderr)
         return 2
     if not scenes:
         print(f"evaluate: no scene of {', '.join(specs)} has {args.views} views (--views): lower --views, "

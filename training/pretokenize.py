@@ -26,7 +26,7 @@ from tqdm import tqdm
 from gst_ros.geometry.errors import GeometryError
 from gst_ros.models.tokenizer import CameraTokenizer, ImageTokenizer
 from gst_ros.preprocess import center_crop_resize
-from training.datasets import add_split_fractions_argument, build_dataset, reader_options
+from training.datasets import INPUT_ERRORS, add_split_fractions_argument, build_dataset, reader_options
 from training.datasets.pairs import PairDataset, pairwise_baseline_deg
 from training.token_shards import ShardWriter
 
@@ -130,9 +130,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     add_split_fractions_argument(ap)
     args = ap.parse_args(argv)
-    reader = build_dataset(args.data, args.root, args.split, **reader_options(args))
-    itok = ImageTokenizer.from_dir(args.image_tokenizer, args.device)
-    ctok = CameraTokenizer.from_dir(args.camera_tokenizer, args.device)
+    try:
+        reader = build_dataset(args.data, args.root, args.split, **reader_options(args))
+        itok = ImageTokenizer.from_dir(args.image_tokenizer, args.device)
+        ctok = CameraTokenizer.from_dir(args.camera_tokenizer, args.device)
+    except INPUT_ERRORS as e:
+        print(f"pretokenize: {e}", file=sys.stderr)
+        return 2
     meta = {"dataset": args.data, "root": str(Path(args.root).resolve()), "split": args.split,
             "image_tokenizer": str(Path(args.image_tokenizer).resolve()),
             "camera_tokenizer": str(Path(args.camera_tokenizer).resolve())}

@@ -50,7 +50,13 @@ from tqdm import tqdm
 from gst_ros.geometry.conventions import camera_center
 from gst_ros.geometry.metrics import accuracy_at, rotation_error_deg
 from gst_ros.geometry.rotations import rotation_from_covariance
-from gst_ros.models.io import config_from_dict, load_model_dir, load_state_dict_strict, save_model_dir
+from gst_ros.models.io import (
+    ModelFormatError,
+    config_from_dict,
+    load_model_dir,
+    load_state_dict_strict,
+    save_model_dir,
+)
 from gst_ros.models.sequence import (
     OBJECTIVES,
     TASK_EST,
@@ -76,6 +82,11 @@ LOG = "train_log.csv"
 MODEL_DIR = "model"
 LR_DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("bf16", "fp32")
+
+
+class TrainingInputError(ValueError):
+    """What a run was given does not fit: a config value, settings that differ from those its
+    checkpoint was written with, shards without a pair. The command line prints it as one line."""
 
 
 @dataclass
@@ -155,21 +166,14 @@ class TrainConfig:
                   (self.camera_contrast_weight == 0 or self.strategy == "none",
                    "camera_contrast_weight is single-process only for now (strategy: none): a "
                    "two-process DDP run of it aborted once in CI and the cause is not found"),
-                  (isinstance(self.train_modules, (list, tuple)), "train_modules must be a list of names"),
-                  (isinstance(self.module_lr_scale, dict)
-                   and all(isinstance(v, (int, float)) and v > 0 for v in self.module_lr_scale.values()),
+                  (all(isinstance(v, (int, float)) and v > 0 for v in self.module_lr_scale.values()),
                    "module_lr_scale must map module names to multipliers > 0"),
                   (not self.module_lr_scale or self.strategy != "fsdp",
                    "module_lr_scale is not supported with strategy fsdp (flat parameters lose their names)"),
                   (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be >= 1")]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"train_gst config: {msg}")
-
-
-class TrainingInputError(ValueError):
-    """What a run was given does not fit: a config value, settings that differ from those its
-    checkpoint was written with, shards without a pair. The command line prints it as one line."""
+                raise TrainingInputError(f"train_gst config: {msg}")
 
 
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
@@ -245,15 +249,16 @@ def build_model_config(cfg: TrainConfig, manifest: dict, init_config: dict | Non
         base = config_from_dict(GSTConfig, init_config)
         for k, v in data.items():
             if getattr(base, k) != v:
-                raise ValueError(f"init checkpoint has {k}={getattr(base, k)} but the token shards have {v}")
+                raise TrainingInputError(f"init checkpoint has {k}={getattr(base, k)} but the token shards "
+                                         f"have {v}")
         sizes = {"dim", "n_layer", "n_head", "image_vocab", "camera_vocab", "grid", "segment_embedding",
                  "image_code_dim", "camera_code_dim"}
         # the recipe that made the checkpoint may be reused to continue it: equal sizes are fine
         bad = sorted(k for k in set(cfg.model_overrides) & sizes
                      if config_from_dict(GSTConfig, {**init_config, k: cfg.model_overrides[k]}) != base)
         if bad:
-            raise ValueError(f"model_overrides {bad} conflict with init_from "
-                             "(sizes come from the checkpoint)")
+            raise TrainingInputError(f"model_overrides {bad} conflict with init_from "
+                                     "(sizes come from the checkpoint)")
         return dataclasses.replace(base, **overrides)
     return gst_config(cfg.model, **{**overrides, **data})
 
@@ -355,8 +360,8 @@ def check_module_names(model: GST, names, setting: str) -> None:
     children = {n for n, c in model.named_children() if c is not None}
     unknown = sorted({str(m) for m in names} - children)
     if unknown:
-        raise ValueError(f"{setting} names {unknown}, which are not modules of this GST "
-                         f"(it has {sorted(children)})")
+        raise TrainingInputError(f"{setting} names {unknown}, which are not modules of this GST "
+                                 f"(it has {sorted(children)})")
 
 
 def freeze_for_training(model: GST, train_modules) -> list[str]:
@@ -395,7 +400,7 @@ def codebook_embedding_init(model: GST, image_codebook: torch.Tensor, camera_cod
                                         (camera_codebook, vocab.camera_offset, cfg.camera_vocab, "camera")):
             book = torch.nn.functional.normalize(book.detach().float().cpu(), dim=-1)
             if book.shape[0] != size:
-                raise ValueError(f"{what} codebook has {book.shape[0]} codes, the model {size}")
+                raise TrainingInputError(f"{what} codebook has {book.shape[0]} codes, the model {size}")
             proj = torch.randn(book.shape[1], cfg.dim, generator=gen) * std
             rows = slice(start, start + book.shape[0])
             w[rows] = ((w[rows].detach().cpu() + book @ proj) / math.sqrt(2.0)).to(w)
@@ -430,8 +435,8 @@ def tokenizer_codebook(kind: str, manifest: dict, path: str = "") -> torch.Tenso
     cls = {"image": ImageTokenizer, "camera": CameraTokenizer}[kind]
     path = path or manifest.get("metadata", {}).get(f"{kind}_tokenizer", "")
     if not path or not Path(path).is_dir():
-        raise ValueError(f"the {kind} tokenizer's codebook is needed, but there is no model directory "
-                         f"at {path!r} (set {kind}_tokenizer)")
+        raise TrainingInputError(f"the {kind} tokenizer's codebook is needed, but there is no model "
+                                 f"directory at {path!r} (set {kind}_tokenizer)")
     return cls.from_dir(path).core.quantize.codebook().detach()
 
 
@@ -702,10 +707,10 @@ def _say(info: D.DistInfo, msg: str) -> None:
 
 def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export: bool) -> dict:
     if not cfg.shards:
-        raise ValueError("train_gst: no training shards given (config `shards` or --shards)")
+        raise TrainingInputError("train_gst: no training shards given (config `shards` or --shards)")
     if cfg.batch_size % (info.world_size * cfg.grad_accum):
-        raise ValueError(f"global batch {cfg.batch_size} must divide by world size x grad_accum "
-                         f"({info.world_size} x {cfg.grad_accum})")
+        raise TrainingInputError(f"global batch {cfg.batch_size} must divide by world size x grad_accum "
+                                 f"({info.world_size} x {cfg.grad_accum})")
     device = D.device_for(info, cfg.device)
     data = TokenShardDataset(cfg.shards, siblings=cfg.camera_contrast_weight > 0)
     manifest = data.manifest
@@ -722,8 +727,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     elif not (out / CHECKPOINT).is_file():
         features = (model_cfg.image_code_dim > 0, model_cfg.camera_code_dim > 0)
         if cfg.codebook_embedding_init and any(features):
-            raise ValueError("codebook_embedding_init and codebook features (image_code_dim / "
-                             "camera_code_dim) both give the model the tokenizers' codebooks: use one")
+            raise TrainingInputError("codebook_embedding_init and codebook features (image_code_dim / "
+                                     "camera_code_dim) both give the model the tokenizers' codebooks: "
+                                     "use one")
         wanted = features if any(features) else (cfg.codebook_embedding_init,) * 2
         image_book = tokenizer_codebook("image", manifest, cfg.image_tokenizer) if wanted[0] else None
         camera_book = tokenizer_codebook("camera", manifest, cfg.camera_tokenizer) if wanted[1] else None
@@ -739,7 +745,8 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
     prefix_len = 2 * model_cfg.layout.n + 1  # [o, task, first segment]: what the heads read
     if cfg.train_modules:
         if cfg.strategy == "fsdp":
-            raise ValueError("train_modules (a partly frozen model) is not supported with strategy fsdp")
+            raise TrainingInputError("train_modules (a partly frozen model) is not supported with strategy "
+                                     "fsdp")
         _say(info, f"training only {cfg.train_modules} ({len(trainable)} tensors); the rest is frozen")
     model.to(device)
     if cfg.precision == "bf16" and device.type != "cuda":
@@ -785,9 +792,9 @@ def _train(cfg: TrainConfig, out: Path, info: D.DistInfo, progress: bool, export
         meta = manifest.get("metadata", {})
         path = cfg.camera_tokenizer or meta.get("camera_tokenizer", "")
         if not path or not Path(path).is_dir() or "image_size" not in meta:
-            raise ValueError(f"identity_pair_prob needs the camera tokenizer the shards were made with "
-                             f"(no model directory at {path!r}; set camera_tokenizer) and the shards' "
-                             f"image_size (manifest metadata)")
+            raise TrainingInputError(f"identity_pair_prob needs the camera tokenizer the shards were made "
+                                     f"with (no model directory at {path!r}; set camera_tokenizer) and the "
+                                     f"shards' image_size (manifest metadata)")
         identity = IdentityPairs(CameraTokenizer.from_dir(path), meta["image_size"])
     sampler = StepBatches(len(data), cfg, info, start)
     # own generator: starting a DataLoader iterator must not draw from the global RNG that the
@@ -941,7 +948,7 @@ def _checkpoint(path: Path, step: int, views: dict, opt_views: dict, cfg: TrainC
 RESUME_MAY_CHANGE = frozenset({
     "max_steps", "log_every", "ckpt_every", "val_every", "val_batches", "val_shards", "export_every",
     "num_workers", "tensorboard", "device", "strategy", "precision", "init_from", "init_kind",
-    "image_tokenizer", "camera_tokenizer"})
+    "codebook_embedding_init", "image_tokenizer", "camera_tokenizer"})
 
 
 def check_resumable(stored: dict | None, cfg: TrainConfig, ckpt: Path) -> None:
@@ -1010,7 +1017,7 @@ def main(argv=None) -> int:
             print(export_from_checkpoint(cfg, args.out))
             return 0
         res = train(cfg, args.out, progress=not args.no_progress)
-    except (TrainingInputError, ShardFormatError, TrainingCheckpointError, OSError) as e:
+    except (TrainingInputError, ShardFormatError, ModelFormatError, TrainingCheckpointError, OSError) as e:
         print(f"train_gst: {e}", file=sys.stderr)
         return 2
     if "model_dir" in res:

@@ -36,8 +36,6 @@ import numpy as np
 from tqdm import tqdm
 
 from training.evaluate import (
-    INPUT_ERRORS,
-    input_error_message,
     markdown_table,
     normalized_cameras,
     retrieval_gallery,
@@ -154,14 +152,14 @@ def main(argv=None) -> int:
     if args.samples < 2 or args.views < 2 or args.subsets < 1:
         ap.error("need --samples >= 2, --views >= 2 and --subsets >= 1")
     from gst_ros.engine.engine import EngineConfig, GSTEngine
-    from training.datasets import build_dataset
+    from training.datasets import INPUT_ERRORS, build_dataset
 
     try:
         engine = GSTEngine(EngineConfig(model_dir=args.model, device=args.device, seed=args.seed))
         scenes = scenes_from_reader(build_dataset(args.data, args.root, args.split), args.split, args.views,
                                     args.scenes)
     except INPUT_ERRORS as e:
-        print(f"view_search: {input_error_message(e)}", file=sys.stderr)
+        print(f"view_search: {e}", file=sys.stderr)
         return 2
     if not scenes:
         print(f"view_search: no {args.split} scene with {args.views} views", file=sys.stderr)

@@ -475,17 +475,17 @@ class GSTEngine:
     def intrinsics_or_default(self, image: np.ndarray, K=None) -> np.ndarray:
         """K (3,3) float64 of `image` as given: the validated K, or when K is None the default
         (EngineConfig.default_fov_deg across the image's shorter side, centred principal point).
-        A K whose principal point lies outside the image (pixel centres at 0 .. W-1, OpenCV
-        convention, so the image spans -0.5 .. W-0.5) is refused: it belongs to another image
-        size or is not in pixels."""
+        A K whose principal point lies more than the image's own width (height) beyond its edge is
+        refused: it belongs to another image size or is not in pixels. Nearer, it may be off the
+        image (an ROI crop away from the optical centre) and is used as given."""
         h, w = _check_image(image, "image")
         if K is None:
             return intrinsics_from_fov(self.config.default_fov_deg, w, h, axis="x" if w < h else "y")
         K = as_array(K, "K", (3, 3))
         check_intrinsics(K, "K")
         cx, cy = float(K[0, 2]), float(K[1, 2])
-        if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
-            raise ValueError(f"K: principal point ({cx:g}, {cy:g}) lies outside the {w}x{h} image "
+        if not (-w <= cx <= 2 * w and -h <= cy <= 2 * h):
+            raise ValueError(f"K: principal point ({cx:g}, {cy:g}) lies far outside the {w}x{h} image "
                              f"(K must be in pixels of the image as given)")
         return K
 

@@ -70,7 +70,7 @@ def hash_split(key: str, fractions: dict[str, float] | None = None) -> str:
     (default train 0.9, val 0.05, test 0.05; must sum to 1)."""
     fractions = fractions or {"train": 0.9, "val": 0.05, "test": 0.05}
     total = sum(fractions.values())
-    if abs(total - 1.0) > 1e-6 or any(v < 0 for v in fractions.values()):
+    if not (abs(total - 1.0) <= 1e-6 and all(v >= 0 for v in fractions.values())):   # NaN fails too
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0**64
     acc = 0.0
@@ -252,6 +252,12 @@ def build_dataset(name: str, root, split: str = "train", **kw):
     if unknown:
         raise ValueError(f"dataset {name!r}: its reader takes no option {unknown}")
     return cls(root, split, **kw)
+
+
+# what a missing or wrong model directory, data root or split raises (ModelNotFoundError,
+# ModelFormatError and SplitNotFoundError included): the command-line tools that load a model
+# and read a split print it as one line and exit 2
+INPUT_ERRORS = (FileNotFoundError, ValueError)
 
 
 def parse_split_fractions(text: str) -> dict[str, float]:

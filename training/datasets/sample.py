@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class SplitNotFoundError(KeyError, ValueError):
+    """A reader was asked for a split its data set does not have. A KeyError (a split is looked
+    up by name) and a ValueError (a bad argument), printed without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass
 class MultiViewSample:
     images: np.ndarray

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .sample import MultiViewSample
+from .sample import MultiViewSample, SplitNotFoundError
 
 log = logging.getLogger(__name__)
 FORMAT = "gst_ros.synthetic"
@@ -44,7 +44,7 @@ class SyntheticDataset:
             raise ValueError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         splits = manifest.get("splits", {})
         if split not in splits:
-            raise KeyError(f"{self.root}: no split {split!r}; the manifest has {sorted(splits)}")
+            raise SplitNotFoundError(f"{self.root}: no split {split!r}; the manifest has {sorted(splits)}")
         if num_views is not None and num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.split = split
