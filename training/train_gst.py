@@ -145,8 +145,7 @@ class TrainConfig:
     tensorboard: bool = False            # also log to TensorBoard when it is installed
 
     def __post_init__(self):
-        check_field_types(self, "train_gst config")
-        self.betas = tuple(float(b) for b in self.betas)
+        check_field_types(self, "train_gst config")   # also makes betas a tuple of two floats
         checks = [(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
                   (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}"),
                   (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),

@@ -98,12 +98,9 @@ class TrainConfig:
     sweep_steps: int = 300
 
     def __post_init__(self):
-        check_field_types(self, "tokenizer training config")
+        check_field_types(self, "tokenizer training config")   # also makes the tuple fields tuples
         if self.kind not in ("image", "camera"):
             raise ValueError(f"kind must be 'image' or 'camera', got {self.kind!r}")
-        self.betas = tuple(self.betas)
-        self.radius = tuple(self.radius)
-        self.elevation_deg = tuple(self.elevation_deg)
         if self.train_decoder_only and not self.init_from:
             raise ValueError("train_decoder_only needs init_from (a trained tokenizer's model directory): "
                              "a decoder trained on an untrained encoder's tokens is useless")

@@ -15,9 +15,6 @@ from pathlib import Path
 
 HELP = "export a tokenizer (or both of a model's) to ONNX for the ONNX Runtime backend"
 
-TOKENIZER_PARTS = ("image_tokenizer", "camera_tokenizer")   # a GST model directory's tokenizers
-
-
 def add_arguments(parser):
     parser.add_argument("model_dir", help="a tokenizer directory (image_tokenizer or camera_tokenizer), or a "
                                           "GST model directory: then both of its tokenizers")
@@ -30,8 +27,10 @@ def add_arguments(parser):
 def tokenizer_dirs(model_dir) -> list[Path]:
     """The tokenizer directories to export for `model_dir`: itself, or for a GST model directory
     (no config.json of its own, both tokenizer folders inside) its two tokenizers."""
+    from gst_ros.models.tokenizer import CAMERA_KIND, IMAGE_KIND  # also the folder names in a model dir
+
     model_dir = Path(model_dir)
-    parts = [model_dir / p for p in TOKENIZER_PARTS]
+    parts = [model_dir / p for p in (IMAGE_KIND, CAMERA_KIND)]
     if not (model_dir / "config.json").exists() and all((p / "config.json").is_file() for p in parts):
         return parts
     return [model_dir]

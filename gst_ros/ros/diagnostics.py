@@ -8,10 +8,10 @@ One StreamStats per input stream (each camera, the reference topic, the goal top
 - dropped: good frames never estimated: replaced in the one-slot mailbox by a newer frame, older
   than max_frame_age_s when the worker reached them (stale), or arrived while the node had no
   reference view to estimate them against (no_reference);
-So every frame is accounted for: received = processed + dropped + rejected + errors (+ the one
-in flight).
 - processed: frames that produced an estimate; latency (receipt -> published) and the node's own
   overhead (latency minus inference) over the last WINDOW frames.
+So every frame is accounted for: received = processed + dropped + rejected + errors (+ the one
+in flight).
 Updated from the executor and the worker threads (poses; goal and candidate views): every method
 takes the stats' lock.
 """
@@ -88,14 +88,6 @@ class StreamStats:
         with self._lock:
             self.chained += int(chained)
             self.keyframes = keyframes
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_replaced + self.dropped_stale + self.dropped_no_reference
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
 
     def rate_hz(self) -> float:
         """Input rate over the last WINDOW arrivals (0 with fewer than two)."""

@@ -64,14 +64,19 @@ class SceneRecord:
     path: Path | None = None  # the scene's directory or camera file, for lazy readers
 
 
+def check_split_fractions(fractions: dict[str, float]) -> None:
+    """ValueError unless the split shares are >= 0 and sum to 1 (NaN fails too)."""
+    total = sum(fractions.values())
+    if not (abs(total - 1.0) <= 1e-6 and all(v >= 0 for v in fractions.values())):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+
+
 def hash_split(key: str, fractions: dict[str, float] | None = None) -> str:
     """Deterministic split name of `key` (a scene id) from a SHA-1 hash: independent of
     Python's hash seed, of file order and of the machine. `fractions` maps split -> share
     (default train 0.9, val 0.05, test 0.05; must sum to 1)."""
     fractions = fractions or {"train": 0.9, "val": 0.05, "test": 0.05}
-    total = sum(fractions.values())
-    if not (abs(total - 1.0) <= 1e-6 and all(v >= 0 for v in fractions.values())):   # NaN fails too
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    check_split_fractions(fractions)
     u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0**64
     acc = 0.0
     names = list(fractions)
@@ -267,13 +272,14 @@ def parse_split_fractions(text: str) -> dict[str, float]:
     for item in text.split(","):
         name, eq, share = item.partition("=")
         try:
-            out[name.strip()] = float(share)
+            value = float(share) if eq and name.strip() else None
         except ValueError:
-            eq = ""
-        if not eq or not name.strip():
+            value = None
+        if value is None:
             raise ValueError(f"--split-fractions expects NAME=SHARE,... (e.g. train=0.8,val=0.1,test=0.1), "
                              f"got {text!r}")
-    hash_split("", out)   # checks the shares
+        out[name.strip()] = value
+    check_split_fractions(out)
     return out
 
 
